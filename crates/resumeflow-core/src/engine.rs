@@ -1,0 +1,766 @@
+//! The public engine: start, pause, resume and inspect durable runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::event::{Event, EventKind, ResetReason};
+use crate::executor::{LiveObject, NodeExecutor};
+use crate::graph::Graph;
+use crate::lease::{new_owner_id, now, Lease, LeaseRequest};
+use crate::projection::RunProjection;
+use crate::runtime::runtime;
+use crate::scheduler::{self, Control, RunSetup};
+use crate::slots::Slots;
+use crate::state::{Checkpoint, NodeStatus, RunState, RunStatus};
+use crate::store::{CleanupRequest, Durability, NewRun, SqliteStore, Store, StoredRun};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Most nodes running at once across this engine's runs (`None`: no limit).
+    pub max_concurrency: Option<usize>,
+    pub durability: Durability,
+    /// Named resource capacities, e.g. `{"gpu": 1}`; resources not named are unlimited.
+    pub resources: BTreeMap<String, u32>,
+    /// How long a lease lasts without renewal (renewed every third of it).
+    pub lease_ttl: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrency: None,
+            durability: Durability::Sync,
+            resources: BTreeMap::new(),
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Options of [`Engine::start`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    pub run_id: Option<String>,
+    /// Run only this node and its ancestors, then pause.
+    pub until: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Options of [`Engine::resume`].
+#[derive(Debug, Clone, Default)]
+pub struct ResumeOptions {
+    /// Resume from this earlier checkpoint: nodes completed after it run again.
+    pub checkpoint_id: Option<i64>,
+    /// Replace completed nodes' outputs (encoded); their dependants run again.
+    pub updates: BTreeMap<String, Vec<u8>>,
+    /// Re-execute these nodes and their dependants.
+    pub rerun: Vec<String>,
+    pub until: Option<String>,
+    /// Resume even if the workflow's structure differs from the stored one.
+    pub allow_mismatch: bool,
+}
+
+/// How a run ended (as seen by its handle).
+#[derive(Clone)]
+pub struct RunOutcome {
+    /// The committed state after the scheduler stopped, or why the scheduler stopped early.
+    pub state: Result<RunState>,
+    /// Live objects produced in this session, by node id.
+    pub live_values: HashMap<String, LiveObject>,
+}
+
+struct RunShared {
+    run_id: String,
+    control: watch::Sender<Control>,
+    outcome: Mutex<Option<RunOutcome>>,
+    finished: Condvar,
+    lease: Lease,
+}
+
+/// A running (or finished) run.
+#[derive(Clone)]
+pub struct RunHandle {
+    shared: Arc<RunShared>,
+}
+
+impl RunHandle {
+    /// The run id.
+    pub fn id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    /// Blocks until the run stops or `timeout` passes (`None` on timeout).
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<RunOutcome> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut guard = self.shared.outcome.lock().expect("outcome lock");
+        loop {
+            if let Some(outcome) = guard.as_ref() {
+                return Some(outcome.clone());
+            }
+            match deadline {
+                None => guard = self.shared.finished.wait(guard).expect("outcome lock"),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    guard = self
+                        .shared
+                        .finished
+                        .wait_timeout(guard, left)
+                        .expect("outcome lock")
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// True once the run's scheduler has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.shared.outcome.lock().expect("outcome lock").is_some()
+    }
+
+    /// Lets in-flight nodes finish, then pauses the run.
+    pub fn interrupt(&self) {
+        self.shared.control.send_if_modified(|c| {
+            let change = *c == Control::Run;
+            if change {
+                *c = Control::Interrupt;
+            }
+            change
+        });
+    }
+
+    /// Abandons in-flight nodes and marks the run cancelled.
+    pub fn cancel(&self) {
+        self.shared.control.send_if_modified(|c| {
+            let change = matches!(*c, Control::Run | Control::Interrupt);
+            if change {
+                *c = Control::Cancel;
+            }
+            change
+        });
+    }
+}
+
+struct EngineInner {
+    store: Arc<dyn Store>,
+    options: EngineOptions,
+    owner: String,
+    slots: Arc<Slots>,
+    active: Mutex<HashMap<String, RunHandle>>,
+}
+
+/// The durable execution engine. Cheap to clone; all clones are one worker (one lease owner).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+/// Run ids: 1-200 characters from `[A-Za-z0-9_.:@+-]`.
+fn check_run_id(run_id: &str) -> Result<()> {
+    let ok = !run_id.is_empty()
+        && run_id.len() <= 200
+        && run_id.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':' | b'@' | b'+')
+        });
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = run_id.chars().take(40).collect();
+        Err(Error::InvalidArgument {
+            field: "run_id".into(),
+            message: format!(
+                "{shown:?}{} is not a valid run id: use 1-200 characters from [A-Za-z0-9_.:@+-]",
+                if run_id.chars().count() > 40 {
+                    "…"
+                } else {
+                    ""
+                }
+            ),
+        })
+    }
+}
+
+fn generated_run_id(workflow: &str) -> String {
+    let millis = (now() * 1000.0) as u64;
+    format!("{workflow}-{millis:x}-{:06x}", fastrand::u32(..0x0100_0000))
+}
+
+impl Engine {
+    /// Opens (or creates) the SQLite store at `path`.
+    ///
+    /// ```
+    /// use resumeflow_core::{Engine, EngineOptions};
+    /// let dir = std::env::temp_dir().join(format!("rf-engine-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let engine = Engine::open(dir.join("runs.db"), EngineOptions::default()).unwrap();
+    /// assert!(engine.list_runs(None).unwrap().is_empty());
+    /// # engine.close(); std::fs::remove_dir_all(dir).ok();
+    /// ```
+    pub fn open(path: impl AsRef<Path>, options: EngineOptions) -> Result<Self> {
+        let store = SqliteStore::open(path, options.durability)?;
+        Ok(Self::with_store(Arc::new(store), options))
+    }
+
+    /// An engine on any store.
+    pub fn with_store(store: Arc<dyn Store>, options: EngineOptions) -> Self {
+        let inner = Arc::new(EngineInner {
+            slots: Arc::new(Slots::new(
+                options.max_concurrency,
+                options.resources.clone(),
+            )),
+            store,
+            options,
+            owner: new_owner_id(),
+            active: Mutex::new(HashMap::new()),
+        });
+        spawn_lease_keeper(Arc::downgrade(&inner));
+        Self { inner }
+    }
+
+    /// This engine's lease owner id (`host:pid:random`).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// The store this engine writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    fn lease_request(&self) -> LeaseRequest {
+        LeaseRequest {
+            owner: self.inner.owner.clone(),
+            ttl: self.inner.options.lease_ttl,
+        }
+    }
+
+    fn check_graph(
+        &self,
+        graph: &Graph,
+        has_input: impl FnMut(&str) -> bool,
+        until: Option<&str>,
+    ) -> Result<()> {
+        for node in graph.nodes() {
+            node.retry.validate(&node.id)?;
+        }
+        let slots = self.inner.slots.clone();
+        graph.check_inputs(has_input, move |r| slots.capacity(r))?;
+        if let Some(until) = until {
+            graph.require_node(until, "until")?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new run in the background.
+    pub fn start(
+        &self,
+        graph: Arc<Graph>,
+        executor: Arc<dyn NodeExecutor>,
+        inputs: BTreeMap<String, Vec<u8>>,
+        options: StartOptions,
+    ) -> Result<RunHandle> {
+        let run_id = match options.run_id {
+            Some(id) => {
+                check_run_id(&id)?;
+                id
+            }
+            None => generated_run_id(graph.name()),
+        };
+        self.check_graph(
+            &graph,
+            |name| inputs.contains_key(name),
+            options.until.as_deref(),
+        )?;
+        let lease = self.inner.store.create_run(
+            NewRun {
+                run_id: run_id.clone(),
+                graph: (*graph).clone(),
+                inputs: inputs.clone(),
+                labels: options.labels,
+            },
+            self.lease_request(),
+        )?;
+        let nodes = graph
+            .node_ids()
+            .into_iter()
+            .map(|id| (id.to_string(), crate::state::NodeState::default()))
+            .collect();
+        Ok(self.launch(graph, executor, lease, inputs, nodes, options.until))
+    }
+
+    /// Runs `until` and its ancestors, then leaves the run `paused`. With `run_id` naming an
+    /// existing run, continues that run (no inputs needed).
+    pub fn execute_until(
+        &self,
+        graph: Arc<Graph>,
+        executor: Arc<dyn NodeExecutor>,
+        until: &str,
+        inputs: BTreeMap<String, Vec<u8>>,
+        run_id: Option<String>,
+    ) -> Result<RunHandle> {
+        graph.require_node(until, "until")?;
+        if let Some(id) = &run_id {
+            match self.inner.store.load_run(id) {
+                Ok(_) => {
+                    return self.resume(
+                        id,
+                        graph,
+                        executor,
+                        ResumeOptions {
+                            until: Some(until.to_string()),
+                            ..ResumeOptions::default()
+                        },
+                    )
+                }
+                Err(Error::RunNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.start(
+            graph,
+            executor,
+            inputs,
+            StartOptions {
+                run_id,
+                until: Some(until.to_string()),
+                labels: BTreeMap::new(),
+            },
+        )
+    }
+
+    /// Continues a run that stopped (paused, failed, cancelled, crashed); completed nodes are
+    /// not executed again.
+    pub fn resume(
+        &self,
+        run_id: &str,
+        graph: Arc<Graph>,
+        executor: Arc<dyn NodeExecutor>,
+        options: ResumeOptions,
+    ) -> Result<RunHandle> {
+        let stored = self.inner.store.load_run(run_id)?;
+        if stored.graph_hash != graph.structural_hash() && !options.allow_mismatch {
+            return Err(Error::WorkflowMismatch {
+                run_id: run_id.to_string(),
+                stored: stored.state.workflow.clone(),
+                detail: stored.graph.describe_difference(&graph),
+            });
+        }
+        for node in options.updates.keys() {
+            graph.require_node(node, "updates")?;
+        }
+        for node in &options.rerun {
+            graph.require_node(node, "rerun")?;
+        }
+        self.check_graph(
+            &graph,
+            |name| stored.inputs.contains_key(name),
+            options.until.as_deref(),
+        )?;
+        if self
+            .inner
+            .active
+            .lock()
+            .expect("active lock")
+            .contains_key(run_id)
+        {
+            return Err(Error::RunLocked {
+                run_id: run_id.to_string(),
+                owner: self.inner.owner.clone(),
+                remaining_s: self.inner.options.lease_ttl.as_secs_f64(),
+            });
+        }
+        let modifies = options.checkpoint_id.is_some()
+            || !options.updates.is_empty()
+            || !options.rerun.is_empty();
+        if stored.state.status == RunStatus::Completed && !modifies {
+            return Err(Error::RunNotResumable {
+                run_id: run_id.to_string(),
+                status: stored.state.status.to_string(),
+            });
+        }
+        let (events, values) = self.resume_events(&stored, &graph, &options)?;
+        let projection_events = events.clone();
+        let lease = if values.is_empty() {
+            self.inner
+                .store
+                .acquire_lease(run_id, self.lease_request(), events)?
+        } else {
+            // Values must land in the same transaction as the events that reference them:
+            // take the lease first with no events, then commit the modification fenced.
+            let lease = self
+                .inner
+                .store
+                .acquire_lease(run_id, self.lease_request(), Vec::new())?;
+            let mut batch = crate::store::RunBatch::new(run_id, Some(lease.token));
+            batch.events = events;
+            batch.values = values;
+            if let Err(e) = self.inner.store.commit(batch) {
+                self.release_after_error(&lease);
+                return Err(e);
+            }
+            lease
+        };
+        // Fold the same events over the stored nodes (no second read of the store).
+        let mut projection = RunProjection {
+            nodes: stored.state.nodes.clone(),
+            ..RunProjection::default()
+        };
+        for kind in projection_events {
+            projection.apply(&Event {
+                seq: 0,
+                at: now(),
+                kind,
+            });
+        }
+        let inputs = stored.inputs.clone();
+        Ok(self.launch(
+            graph,
+            executor,
+            lease,
+            inputs,
+            projection.nodes,
+            options.until,
+        ))
+    }
+
+    fn release_after_error(&self, lease: &Lease) {
+        let mut batch = crate::store::RunBatch::new(&lease.run_id, Some(lease.token));
+        batch.events.push(EventKind::RunPaused);
+        batch
+            .events
+            .push(EventKind::LeaseReleased { token: lease.token });
+        let _ = self.inner.store.commit(batch);
+    }
+
+    /// The events a resume appends: rewind, updates, reruns, and resetting unfinished nodes.
+    #[allow(clippy::type_complexity)]
+    fn resume_events(
+        &self,
+        stored: &StoredRun,
+        graph: &Graph,
+        options: &ResumeOptions,
+    ) -> Result<(Vec<EventKind>, Vec<(crate::state::ValueRef, Arc<[u8]>)>)> {
+        let run_id = &stored.state.run_id;
+        let mut status: HashMap<String, NodeStatus> = stored
+            .state
+            .nodes
+            .iter()
+            .map(|(id, n)| (id.clone(), n.status))
+            .collect();
+        let mut events = vec![EventKind::RunResumed {
+            from_checkpoint: options.checkpoint_id.or(stored.state.checkpoint_id),
+        }];
+        let mut values = Vec::new();
+        let reset = |events: &mut Vec<EventKind>,
+                     status: &mut HashMap<String, NodeStatus>,
+                     node: &str,
+                     reason| {
+            events.push(EventKind::NodeReset {
+                node: node.to_string(),
+                reason,
+            });
+            status.insert(node.to_string(), NodeStatus::Pending);
+        };
+        if let Some(checkpoint_id) = options.checkpoint_id {
+            let at_checkpoint = self.inner.store.state_at(run_id, checkpoint_id)?;
+            events.push(EventKind::Rewound { checkpoint_id });
+            for (id, node) in &stored.state.nodes {
+                let then = at_checkpoint.get(id);
+                let same = node.status == NodeStatus::Completed && node.output.as_ref() == then;
+                if same {
+                    continue;
+                }
+                if let Some(value) = then {
+                    events.push(EventKind::NodeRestored {
+                        node: id.clone(),
+                        value: value.clone(),
+                    });
+                    status.insert(id.clone(), NodeStatus::Completed);
+                } else if node.status == NodeStatus::Completed {
+                    reset(&mut events, &mut status, id, ResetReason::Rewind);
+                }
+            }
+        }
+        for (node, bytes) in &options.updates {
+            let value = crate::state::ValueRef::of(bytes);
+            values.push((value.clone(), Arc::from(bytes.as_slice())));
+            events.push(EventKind::StateUpdated {
+                node: node.clone(),
+                value,
+            });
+            status.insert(node.clone(), NodeStatus::Completed);
+            for down in scheduler::downstream_of(graph, node) {
+                if status.get(&down) == Some(&NodeStatus::Completed)
+                    && !options.updates.contains_key(&down)
+                {
+                    reset(&mut events, &mut status, &down, ResetReason::Upstream);
+                }
+            }
+        }
+        for node in &options.rerun {
+            reset(&mut events, &mut status, node, ResetReason::Rerun);
+            for down in scheduler::downstream_of(graph, node) {
+                if status.get(&down) == Some(&NodeStatus::Completed) {
+                    reset(&mut events, &mut status, &down, ResetReason::Upstream);
+                }
+            }
+        }
+        for (id, st) in status.clone() {
+            if matches!(
+                st,
+                NodeStatus::Running | NodeStatus::Retrying | NodeStatus::Failed
+            ) {
+                reset(&mut events, &mut status, &id, ResetReason::Resume);
+            }
+        }
+        Ok((events, values))
+    }
+
+    fn launch(
+        &self,
+        graph: Arc<Graph>,
+        executor: Arc<dyn NodeExecutor>,
+        lease: Lease,
+        inputs: BTreeMap<String, Vec<u8>>,
+        nodes: BTreeMap<String, crate::state::NodeState>,
+        until: Option<String>,
+    ) -> RunHandle {
+        let (control, control_rx) = watch::channel(Control::Run);
+        let handle = RunHandle {
+            shared: Arc::new(RunShared {
+                run_id: lease.run_id.clone(),
+                control,
+                outcome: Mutex::new(None),
+                finished: Condvar::new(),
+                lease: lease.clone(),
+            }),
+        };
+        self.inner
+            .active
+            .lock()
+            .expect("active lock")
+            .insert(lease.run_id.clone(), handle.clone());
+        let setup = RunSetup {
+            store: self.inner.store.clone(),
+            graph,
+            executor,
+            lease,
+            lease_ttl_s: self.inner.options.lease_ttl.as_secs_f64(),
+            durability: self.inner.options.durability,
+            slots: self.inner.slots.clone(),
+            inputs: inputs.into_iter().map(|(k, v)| (k, Arc::from(v))).collect(),
+            nodes,
+            until,
+            control: control_rx,
+        };
+        let inner = Arc::downgrade(&self.inner);
+        let finished = handle.clone();
+        let store = self.inner.store.clone();
+        runtime().spawn(async move {
+            let end = scheduler::run(setup).await;
+            let run_id = finished.id().to_string();
+            let state = match end.error {
+                Some(e) => Err(e),
+                None => {
+                    tokio::task::spawn_blocking(move || store.load_run(&run_id).map(|r| r.state))
+                        .await
+                        .unwrap_or(Err(Error::Shutdown))
+                }
+            };
+            if let Some(inner) = inner.upgrade() {
+                inner
+                    .active
+                    .lock()
+                    .expect("active lock")
+                    .remove(finished.id());
+            }
+            let shared = &finished.shared;
+            *shared.outcome.lock().expect("outcome lock") = Some(RunOutcome {
+                state,
+                live_values: end.live_values,
+            });
+            shared.finished.notify_all();
+        });
+        handle
+    }
+
+    /// The run's latest committed state.
+    pub fn get_current_state(&self, run_id: &str) -> Result<RunState> {
+        Ok(self.inner.store.load_run(run_id)?.state)
+    }
+
+    /// Encoded outputs of the run's completed nodes.
+    pub fn get_partial_results(&self, run_id: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+        let state = self.get_current_state(run_id)?;
+        let mut out = BTreeMap::new();
+        for id in state.completed() {
+            if let Some(value) = state.nodes[&id].output.as_ref() {
+                out.insert(id.clone(), self.inner.store.load_value(value)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads one stored value.
+    pub fn load_value(&self, value: &crate::state::ValueRef) -> Result<Vec<u8>> {
+        self.inner.store.load_value(value)
+    }
+
+    fn require_node_of_run(&self, run_id: &str, node_id: &str) -> Result<()> {
+        let run = self.inner.store.load_run(run_id)?;
+        run.graph.require_node(node_id, "node_id")?;
+        Ok(())
+    }
+
+    /// Saves a node's progress from outside the node (an operator write, not fenced).
+    pub fn save_partial_state(&self, run_id: &str, node_id: &str, state: Vec<u8>) -> Result<()> {
+        self.require_node_of_run(run_id, node_id)?;
+        let mut batch = crate::store::RunBatch::new(run_id, None);
+        batch.events.push(EventKind::PartialStateSaved {
+            node: node_id.to_string(),
+            size: state.len() as u64,
+        });
+        batch.partial_states.push((node_id.to_string(), state));
+        self.inner.store.commit(batch)
+    }
+
+    /// A node's saved progress, if any.
+    pub fn get_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>> {
+        self.require_node_of_run(run_id, node_id)?;
+        self.inner.store.load_partial_state(run_id, node_id)
+    }
+
+    /// Checkpoints of the run, newest first.
+    pub fn history(&self, run_id: &str) -> Result<Vec<Checkpoint>> {
+        self.inner.store.history(run_id)
+    }
+
+    /// The run's event log, oldest first.
+    pub fn events(&self, run_id: &str) -> Result<Vec<Event>> {
+        self.inner.store.events(run_id)
+    }
+
+    /// Deletes old checkpoints (never a run's newest); returns how many.
+    pub fn cleanup(
+        &self,
+        run_id: Option<&str>,
+        keep_last: usize,
+        older_than: Option<f64>,
+    ) -> Result<usize> {
+        self.inner.store.cleanup(CleanupRequest {
+            run_id: run_id.map(str::to_string),
+            keep_last,
+            older_than,
+        })
+    }
+
+    /// Runs in the store, optionally only those with `status`.
+    pub fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunState>> {
+        Ok(self
+            .inner
+            .store
+            .list_runs(status)?
+            .into_iter()
+            .map(|r| r.state)
+            .collect())
+    }
+
+    /// Resumes every run left `running` whose lease expired or whose owner process on this
+    /// host is gone, for the workflows `lookup` knows (by workflow name). Runs another live
+    /// worker holds are skipped.
+    pub fn recover(
+        &self,
+        lookup: impl Fn(&str) -> Option<(Arc<Graph>, Arc<dyn NodeExecutor>)>,
+    ) -> Result<Vec<RunHandle>> {
+        let mut handles = Vec::new();
+        for run in self.inner.store.list_runs(Some(RunStatus::Running))? {
+            let Some((graph, executor)) = lookup(&run.state.workflow) else {
+                continue;
+            };
+            let stale = run.lease_owner.as_deref().is_none_or(|owner| {
+                owner != self.inner.owner
+                    && (run.lease_expires <= now() || crate::lease::owner_is_dead(owner))
+            });
+            if !stale {
+                continue;
+            }
+            match self.resume(&run.state.run_id, graph, executor, ResumeOptions::default()) {
+                Ok(h) => handles.push(h),
+                Err(Error::RunLocked { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(handles)
+    }
+
+    /// Handles of the runs this engine is executing now.
+    pub fn active_runs(&self) -> Vec<RunHandle> {
+        self.inner
+            .active
+            .lock()
+            .expect("active lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Interrupts active runs, waits for them to pause, and closes the store.
+    pub fn close(&self) {
+        let active = self.active_runs();
+        for handle in &active {
+            handle.interrupt();
+        }
+        for handle in &active {
+            handle.wait(None);
+        }
+        self.inner.store.close();
+    }
+}
+
+/// Renews the leases of active runs every third of the lease time; tells a run's scheduler
+/// to stop if its lease was lost.
+fn spawn_lease_keeper(inner: Weak<EngineInner>) {
+    let period = inner
+        .upgrade()
+        .map_or(Duration::from_secs(10), |i| i.options.lease_ttl / 3)
+        .max(Duration::from_millis(50));
+    runtime().spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(engine) = inner.upgrade() else {
+                return;
+            };
+            let handles: Vec<RunHandle> = engine
+                .active
+                .lock()
+                .expect("active lock")
+                .values()
+                .cloned()
+                .collect();
+            if handles.is_empty() {
+                continue;
+            }
+            let leases: Vec<Lease> = handles.iter().map(|h| h.shared.lease.clone()).collect();
+            let store = engine.store.clone();
+            let ttl = engine.options.lease_ttl.as_secs_f64();
+            drop(engine);
+            let Ok(Ok(lost)) =
+                tokio::task::spawn_blocking(move || store.renew_leases(leases, ttl)).await
+            else {
+                continue;
+            };
+            for lease in lost {
+                if let Some(h) = handles.iter().find(|h| h.shared.lease == lease) {
+                    h.shared.control.send_replace(Control::LeaseLost);
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,213 @@
+//! The seam through which all node work goes: [`NodeExecutor`], the task it receives and
+//! the context a node uses to save its own progress.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::event::EventKind;
+use crate::lease::Lease;
+use crate::store::{RunBatch, Store};
+
+/// An in-process object handed from a producer to its dependants without a decode round
+/// trip (the Python layer keeps the Python object here).
+pub type LiveObject = Arc<dyn Any + Send + Sync>;
+
+/// An input value: the producer's live object (same process, same session) or stored bytes.
+#[derive(Clone)]
+pub enum NodeValue {
+    Live(LiveObject),
+    Bytes(Arc<[u8]>),
+}
+
+impl std::fmt::Debug for NodeValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Live(_) => f.write_str("NodeValue::Live(..)"),
+            Self::Bytes(b) => write!(f, "NodeValue::Bytes({} B)", b.len()),
+        }
+    }
+}
+
+impl NodeValue {
+    /// The bytes, if this value is not a live object.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Self::Bytes(b) => Some(b),
+            Self::Live(_) => None,
+        }
+    }
+}
+
+/// What a node produced: the encoded bytes (the truth that is stored) and optionally the
+/// live object they encode.
+pub struct NodeOutput {
+    pub bytes: Vec<u8>,
+    pub live: Option<LiveObject>,
+}
+
+impl NodeOutput {
+    /// An output with bytes only.
+    ///
+    /// ```
+    /// let out = resumeflow_core::NodeOutput::bytes(b"42".to_vec());
+    /// assert!(out.live.is_none());
+    /// ```
+    pub fn bytes(bytes: Vec<u8>) -> Self {
+        Self { bytes, live: None }
+    }
+}
+
+/// Why an attempt failed, as classified by the executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeFailure {
+    /// Exception type and message, e.g. `ValueError: bad row 7`.
+    pub error: String,
+    pub retryable: bool,
+    /// Peak accelerator memory during the attempt, if measured.
+    pub peak_memory: Option<u64>,
+    /// Adjusted inputs for the next attempt (e.g. a halved batch size), opaque bytes.
+    pub next_inputs_override: Option<Vec<u8>>,
+}
+
+impl NodeFailure {
+    /// A failure that is retried if the policy allows.
+    pub fn retryable(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            retryable: true,
+            peak_memory: None,
+            next_inputs_override: None,
+        }
+    }
+
+    /// A failure that fails the node at once.
+    ///
+    /// ```
+    /// assert!(!resumeflow_core::NodeFailure::fatal("ValueError: x").retryable);
+    /// ```
+    pub fn fatal(error: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            ..Self::retryable(error)
+        }
+    }
+}
+
+/// What a node's code can reach while it runs: its identity and its partial state.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub run_id: String,
+    pub node_id: String,
+    pub attempt: u32,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) lease: Lease,
+    pub(crate) lease_ttl_s: f64,
+    pub(crate) cancelled: Arc<AtomicBool>,
+}
+
+impl NodeContext {
+    /// Saves this node's progress durably (fenced by the run's lease). Blocking: call it from
+    /// the node's own thread, not from an async task.
+    pub fn save_partial_state(&self, state: Vec<u8>) -> Result<()> {
+        self.store.commit(self.partial_batch(state))
+    }
+
+    /// Async form of [`Self::save_partial_state`].
+    pub async fn save_partial_state_async(&self, state: Vec<u8>) -> Result<()> {
+        self.store
+            .submit(self.partial_batch(state))
+            .await
+            .unwrap_or(Err(crate::Error::Shutdown))
+    }
+
+    fn partial_batch(&self, state: Vec<u8>) -> RunBatch {
+        let mut batch = RunBatch::new(&self.run_id, Some(self.lease.token));
+        batch.events.push(EventKind::PartialStateSaved {
+            node: self.node_id.clone(),
+            size: state.len() as u64,
+        });
+        batch.partial_states.push((self.node_id.clone(), state));
+        batch
+    }
+
+    /// The progress this node saved on an earlier attempt, if any.
+    pub fn load_partial_state(&self) -> Result<Option<Vec<u8>>> {
+        self.store.load_partial_state(&self.run_id, &self.node_id)
+    }
+
+    /// Extends the run's lease now; fails with `LeaseLost` if another worker took the run.
+    pub fn heartbeat(&self) -> Result<()> {
+        let lost = self
+            .store
+            .renew_leases(vec![self.lease.clone()], self.lease_ttl_s)?;
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::Error::LeaseLost {
+                run_id: self.run_id.clone(),
+                token: self.lease.token,
+            })
+        }
+    }
+
+    /// True once the run was cancelled or this attempt timed out; long nodes may poll it.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// One attempt of one node.
+pub struct NodeTask {
+    pub node_id: String,
+    pub attempt: u32,
+    /// Bound parameters in binding order (run inputs missing with a default are left out).
+    pub inputs: Vec<(String, NodeValue)>,
+    /// Adjusted inputs recorded by an earlier failed attempt, if any.
+    pub inputs_override: Option<Vec<u8>>,
+    pub context: NodeContext,
+}
+
+/// The future an executor returns for one attempt.
+pub type NodeFuture = Pin<Box<dyn Future<Output = Result<NodeOutput, NodeFailure>> + Send>>;
+
+/// Runs node work. The core tests implement it with closures; the Python bindings call
+/// Python callables on worker threads.
+pub trait NodeExecutor: Send + Sync + 'static {
+    /// Starts one attempt; the future resolves with the output or the classified failure.
+    fn execute(&self, task: NodeTask) -> NodeFuture;
+}
+
+impl<F> NodeExecutor for F
+where
+    F: Fn(NodeTask) -> NodeFuture + Send + Sync + 'static,
+{
+    fn execute(&self, task: NodeTask) -> NodeFuture {
+        self(task)
+    }
+}
+
+/// An executor from a blocking closure, run on tokio's blocking pool.
+///
+/// ```
+/// use resumeflow_core::{executor::blocking, NodeOutput};
+/// let exec = blocking(|task| Ok(NodeOutput::bytes(task.node_id.clone().into_bytes())));
+/// # let _ = exec;
+/// ```
+pub fn blocking<F>(f: F) -> Arc<dyn NodeExecutor>
+where
+    F: Fn(&NodeTask) -> Result<NodeOutput, NodeFailure> + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |task: NodeTask| -> NodeFuture {
+        let f = f.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&task))
+                .await
+                .unwrap_or_else(|e| Err(NodeFailure::fatal(format!("panic: {e}"))))
+        })
+    })
+}

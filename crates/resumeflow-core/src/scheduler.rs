@@ -1,0 +1,577 @@
+//! The per-run scheduler: a tokio task that starts ready nodes, commits their outcomes,
+//! retries with backoff, and stops at completion, failure, an `until` target, an interrupt or
+//! a cancel.
+//!
+//! A node's start is committed together with the completion that made it ready, so a chain
+//! costs one commit per node; completions that land while a commit is in flight share the
+//! next one (group commit, in the writer).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::event::EventKind;
+use crate::executor::{NodeContext, NodeExecutor, NodeFailure, NodeOutput, NodeTask, NodeValue};
+use crate::graph::{Graph, InputSource};
+use crate::lease::Lease;
+use crate::slots::{SlotGuard, Slots};
+use crate::state::{NodeState, NodeStatus, ValueRef};
+use crate::store::{CommitTicket, Durability, RunBatch, Store};
+
+/// Requests from a run's handle (or the lease keeper) to its scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Run,
+    /// Finish in-flight nodes, then pause.
+    Interrupt,
+    /// Abandon in-flight nodes and stop.
+    Cancel,
+    /// Another worker took the run: stop without writing.
+    LeaseLost,
+}
+
+/// How a scheduler ended.
+pub struct SchedulerEnd {
+    pub error: Option<Error>,
+    pub live_values: HashMap<String, crate::executor::LiveObject>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Ready,
+    Running,
+    Retrying,
+    Completed,
+    Failed,
+}
+
+/// Everything a scheduler needs to drive one run.
+pub struct RunSetup {
+    pub store: Arc<dyn Store>,
+    pub graph: Arc<Graph>,
+    pub executor: Arc<dyn NodeExecutor>,
+    pub lease: Lease,
+    pub lease_ttl_s: f64,
+    pub durability: Durability,
+    pub slots: Arc<Slots>,
+    pub inputs: BTreeMap<String, Arc<[u8]>>,
+    /// Node states as committed (after any resume modifications).
+    pub nodes: BTreeMap<String, NodeState>,
+    pub until: Option<String>,
+    pub control: watch::Receiver<Control>,
+}
+
+type Finished = (usize, u32, Result<NodeOutput, NodeFailure>, SlotGuard);
+
+struct Scheduler {
+    setup: RunSetup,
+    phase: Vec<Phase>,
+    attempt: Vec<u32>,
+    session_attempts: Vec<u32>,
+    outputs: Vec<Option<ValueRef>>,
+    overrides: Vec<Option<Vec<u8>>>,
+    missing_deps: Vec<usize>,
+    dependants: Vec<Vec<usize>>,
+    in_target: Vec<bool>,
+    values: HashMap<usize, NodeValue>,
+    ready: VecDeque<usize>,
+    retry_at: BTreeMap<usize, Instant>,
+    cancel_flags: HashMap<usize, Arc<AtomicBool>>,
+    first_error: Option<String>,
+    batch: RunBatch,
+    deferred: RunBatch,
+    tickets: Vec<CommitTicket>,
+    running: JoinSet<Finished>,
+}
+
+impl Scheduler {
+    fn new(setup: RunSetup) -> Self {
+        let graph = setup.graph.clone();
+        let n = graph.nodes().len();
+        let in_target: Vec<bool> = match &setup.until {
+            Some(t) => {
+                let keep = graph.ancestors_inclusive(t);
+                graph
+                    .nodes()
+                    .iter()
+                    .map(|node| keep.contains(&node.id))
+                    .collect()
+            }
+            None => vec![true; n],
+        };
+        let mut phase = vec![Phase::Waiting; n];
+        let mut attempt = vec![0; n];
+        let mut outputs = vec![None; n];
+        let mut overrides = vec![None; n];
+        let mut dependants = vec![Vec::new(); n];
+        let mut missing_deps = vec![0; n];
+        for (i, node) in graph.nodes().iter().enumerate() {
+            if let Some(state) = setup.nodes.get(&node.id) {
+                attempt[i] = state.attempt;
+                overrides[i].clone_from(&state.inputs_override);
+                if state.status == NodeStatus::Completed {
+                    phase[i] = Phase::Completed;
+                    outputs[i].clone_from(&state.output);
+                }
+            }
+            for up in node.upstream() {
+                let u = graph.position(up).expect("validated graph");
+                dependants[u].push(i);
+            }
+        }
+        for (i, node) in graph.nodes().iter().enumerate() {
+            missing_deps[i] = node
+                .upstream()
+                .filter(|u| phase[graph.position(u).expect("validated")] != Phase::Completed)
+                .count();
+        }
+        let mut ready = VecDeque::new();
+        for i in 0..n {
+            if phase[i] == Phase::Waiting && missing_deps[i] == 0 && in_target[i] {
+                phase[i] = Phase::Ready;
+                ready.push_back(i);
+            }
+        }
+        let run_id = setup.lease.run_id.clone();
+        let token = Some(setup.lease.token);
+        Self {
+            setup,
+            phase,
+            attempt,
+            session_attempts: vec![0; n],
+            outputs,
+            overrides,
+            missing_deps,
+            dependants,
+            in_target,
+            values: HashMap::new(),
+            ready,
+            retry_at: BTreeMap::new(),
+            cancel_flags: HashMap::new(),
+            first_error: None,
+            batch: RunBatch::new(&run_id, token),
+            deferred: RunBatch::new(&run_id, token),
+            tickets: Vec::new(),
+            running: JoinSet::new(),
+        }
+    }
+
+    fn node_id(&self, i: usize) -> &str {
+        &self.setup.graph.nodes()[i].id
+    }
+
+    fn push(&mut self, kind: EventKind) {
+        self.batch.events.push(kind);
+    }
+
+    /// Commits the current batch as the durability mode asks.
+    async fn commit(&mut self) -> Result<()> {
+        self.check_tickets()?;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(
+            &mut self.batch,
+            RunBatch::new(&self.setup.lease.run_id, Some(self.setup.lease.token)),
+        );
+        match self.setup.durability {
+            Durability::Sync => self
+                .setup
+                .store
+                .submit(batch)
+                .await
+                .unwrap_or(Err(Error::Shutdown)),
+            Durability::Batched => {
+                self.tickets.push(self.setup.store.submit(batch));
+                Ok(())
+            }
+            Durability::Off => {
+                self.deferred.extend(batch);
+                Ok(())
+            }
+        }
+    }
+
+    /// Surfaces the first refused commit of `batched` mode.
+    fn check_tickets(&mut self) -> Result<()> {
+        let mut first_error = None;
+        self.tickets.retain_mut(|t| match t.try_recv() {
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                first_error.get_or_insert(Error::Shutdown);
+                false
+            }
+        });
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Commits everything still deferred or in flight.
+    async fn flush(&mut self) -> Result<()> {
+        self.commit().await?;
+        if !self.deferred.is_empty() {
+            let deferred = std::mem::take(&mut self.deferred);
+            self.setup
+                .store
+                .submit(deferred)
+                .await
+                .unwrap_or(Err(Error::Shutdown))?;
+        }
+        for ticket in std::mem::take(&mut self.tickets) {
+            ticket.await.unwrap_or(Err(Error::Shutdown))?;
+        }
+        Ok(())
+    }
+
+    /// Takes slots for ready nodes and records their starts in the batch.
+    fn claim_ready(&mut self) -> Vec<(usize, SlotGuard)> {
+        let mut claimed = Vec::new();
+        while let Some(&i) = self.ready.front() {
+            let needs = &self.setup.graph.nodes()[i].resources;
+            let Some(guard) = self.setup.slots.try_acquire(needs) else {
+                break;
+            };
+            self.ready.pop_front();
+            self.attempt[i] += 1;
+            self.session_attempts[i] += 1;
+            self.phase[i] = Phase::Running;
+            let kind = EventKind::NodeStarted {
+                node: self.node_id(i).to_string(),
+                attempt: self.attempt[i],
+            };
+            self.push(kind);
+            claimed.push((i, guard));
+        }
+        claimed
+    }
+
+    fn input_value(&mut self, source: usize) -> Result<NodeValue> {
+        if let Some(v) = self.values.get(&source) {
+            return Ok(v.clone());
+        }
+        let value_ref = self.outputs[source]
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "inputs".into(),
+                message: format!("node {:?} has no stored output", self.node_id(source)),
+            })?;
+        let store = self.setup.store.clone();
+        let bytes = tokio::task::block_in_place(|| store.load_value(&value_ref))?;
+        let value = NodeValue::Bytes(bytes.into());
+        self.values.insert(source, value.clone());
+        Ok(value)
+    }
+
+    fn spawn(&mut self, i: usize, guard: SlotGuard) -> Result<()> {
+        let graph = self.setup.graph.clone();
+        let spec = &graph.nodes()[i];
+        let mut inputs = Vec::with_capacity(spec.inputs.len());
+        for binding in &spec.inputs {
+            match &binding.source {
+                InputSource::Node(src) => {
+                    let s = graph.position(src).expect("validated");
+                    inputs.push((binding.param.clone(), self.input_value(s)?));
+                }
+                InputSource::RunInput { name, .. } => {
+                    if let Some(bytes) = self.setup.inputs.get(name) {
+                        inputs.push((binding.param.clone(), NodeValue::Bytes(bytes.clone())));
+                    }
+                }
+            }
+        }
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.cancel_flags.insert(i, cancelled.clone());
+        let attempt = self.attempt[i];
+        let task = NodeTask {
+            node_id: spec.id.clone(),
+            attempt,
+            inputs,
+            inputs_override: self.overrides[i].clone(),
+            context: NodeContext {
+                run_id: self.setup.lease.run_id.clone(),
+                node_id: spec.id.clone(),
+                attempt,
+                store: self.setup.store.clone(),
+                lease: self.setup.lease.clone(),
+                lease_ttl_s: self.setup.lease_ttl_s,
+                cancelled: cancelled.clone(),
+            },
+        };
+        let future = self.setup.executor.execute(task);
+        let timeout = spec.timeout;
+        let node_id = spec.id.clone();
+        self.running.spawn(async move {
+            // The attempt runs as its own task so that a panic is caught as a failure of
+            // this node; dropping the guard aborts it on cancel.
+            let mut inner = AbortOnDrop(tokio::spawn(future));
+            let joined = match timeout {
+                None => Some((&mut inner.0).await),
+                Some(limit) => tokio::time::timeout(limit, &mut inner.0).await.ok(),
+            };
+            let result = match joined {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => Err(NodeFailure::fatal(format!("panic in node {node_id:?}: {e}"))),
+                None => {
+                    cancelled.store(true, Ordering::Relaxed);
+                    let limit = timeout.unwrap_or_default().as_secs_f64();
+                    Err(NodeFailure::retryable(format!(
+                        "TimeoutError: node {node_id:?} exceeded its timeout of {limit:.3}s on attempt {attempt}"
+                    )))
+                }
+            };
+            (i, attempt, result, guard)
+        });
+        Ok(())
+    }
+
+    fn make_ready(&mut self, i: usize) {
+        if self.phase[i] == Phase::Waiting && self.missing_deps[i] == 0 && self.in_target[i] {
+            self.phase[i] = Phase::Ready;
+            self.ready.push_back(i);
+        }
+    }
+
+    fn on_finished(&mut self, (i, attempt, result, guard): Finished) {
+        drop(guard);
+        self.cancel_flags.remove(&i);
+        let node = self.node_id(i).to_string();
+        match result {
+            Ok(output) => {
+                let value_ref = ValueRef::of(&output.bytes);
+                let bytes: Arc<[u8]> = output.bytes.into();
+                self.batch.values.push((value_ref.clone(), bytes.clone()));
+                self.push(EventKind::NodeCompleted {
+                    node,
+                    attempt,
+                    value: value_ref.clone(),
+                });
+                self.values.insert(
+                    i,
+                    output.live.map_or(NodeValue::Bytes(bytes), NodeValue::Live),
+                );
+                self.outputs[i] = Some(value_ref);
+                self.phase[i] = Phase::Completed;
+                for d in self.dependants[i].clone() {
+                    self.missing_deps[d] -= 1;
+                    self.make_ready(d);
+                }
+            }
+            Err(failure) => {
+                let policy = &self.setup.graph.nodes()[i].retry;
+                let will_retry =
+                    failure.retryable && policy.allows_another(self.session_attempts[i]);
+                let delay = policy.delay(self.session_attempts[i]);
+                if failure.next_inputs_override.is_some() {
+                    self.overrides[i].clone_from(&failure.next_inputs_override);
+                }
+                self.push(EventKind::NodeFailed {
+                    node: node.clone(),
+                    attempt,
+                    error: failure.error.clone(),
+                    retryable: failure.retryable,
+                    will_retry,
+                    peak_memory: failure.peak_memory,
+                    next_inputs_override: failure.next_inputs_override,
+                });
+                if will_retry {
+                    self.push(EventKind::NodeRetryScheduled {
+                        node,
+                        delay_ms: delay.as_millis() as u64,
+                    });
+                    self.phase[i] = Phase::Retrying;
+                    self.retry_at.insert(i, Instant::now() + delay);
+                } else {
+                    self.phase[i] = Phase::Failed;
+                    self.first_error.get_or_insert_with(|| {
+                        format!(
+                            "node {node:?} failed on attempt {attempt}: {}",
+                            failure.error
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    fn due_retries(&mut self) {
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .retry_at
+            .iter()
+            .filter(|(_, &t)| t <= now)
+            .map(|(&i, _)| i)
+            .collect();
+        for i in due {
+            self.retry_at.remove(&i);
+            self.phase[i] = Phase::Ready;
+            self.ready.push_back(i);
+        }
+    }
+
+    /// The event that ends the run, once nothing is running or waiting to run.
+    fn final_event(&self) -> EventKind {
+        if let Some(error) = &self.first_error {
+            return EventKind::RunFailed {
+                error: error.clone(),
+            };
+        }
+        let all_done = self.phase.iter().all(|p| *p == Phase::Completed);
+        if self.setup.until.is_some() || !all_done {
+            EventKind::RunPaused
+        } else {
+            EventKind::RunCompleted
+        }
+    }
+
+    async fn stop(&mut self, last: EventKind) -> Result<()> {
+        self.push(last);
+        self.push(EventKind::LeaseReleased {
+            token: self.setup.lease.token,
+        });
+        self.flush().await
+    }
+
+    async fn abandon_running(&mut self, why: &str) {
+        for flag in self.cancel_flags.values() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        self.running.abort_all();
+        while self.running.join_next().await.is_some() {}
+        let abandoned: Vec<usize> = (0..self.phase.len())
+            .filter(|&i| self.phase[i] == Phase::Running)
+            .collect();
+        for i in abandoned {
+            self.phase[i] = Phase::Failed;
+            self.push(EventKind::NodeFailed {
+                node: self.node_id(i).to_string(),
+                attempt: self.attempt[i],
+                error: why.to_string(),
+                retryable: true,
+                will_retry: false,
+                peak_memory: None,
+                next_inputs_override: None,
+            });
+        }
+    }
+
+    async fn drive(&mut self) -> Result<()> {
+        let slots = self.setup.slots.clone();
+        loop {
+            let control = *self.setup.control.borrow();
+            match control {
+                Control::LeaseLost => {
+                    self.running.abort_all();
+                    return Err(Error::LeaseLost {
+                        run_id: self.setup.lease.run_id.clone(),
+                        token: self.setup.lease.token,
+                    });
+                }
+                Control::Cancel => {
+                    self.abandon_running("Cancelled: the run was cancelled while this attempt ran")
+                        .await;
+                    return self.stop(EventKind::RunCancelled).await;
+                }
+                Control::Interrupt | Control::Run => {}
+            }
+            let interrupted = control == Control::Interrupt;
+            self.due_retries();
+            let released = slots.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let claimed = if interrupted {
+                Vec::new()
+            } else {
+                self.claim_ready()
+            };
+            if self.running.is_empty() && claimed.is_empty() {
+                let idle = self.ready.is_empty() && self.retry_at.is_empty();
+                if interrupted {
+                    return self.stop(EventKind::RunPaused).await;
+                }
+                if idle {
+                    let last = self.final_event();
+                    return self.stop(last).await;
+                }
+            }
+            self.commit().await?;
+            for (i, guard) in claimed {
+                self.spawn(i, guard)?;
+            }
+            let next_retry = self.retry_at.values().min().copied();
+            let waiting_for_slot = !self.ready.is_empty() && !interrupted;
+            tokio::select! {
+                Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
+                    self.absorb(joined);
+                    while let Some(more) = self.running.try_join_next() {
+                        self.absorb(more);
+                    }
+                }
+                () = sleep_until(next_retry), if next_retry.is_some() => {}
+                () = &mut released, if waiting_for_slot => {}
+                _ = self.setup.control.changed() => {}
+            }
+        }
+    }
+
+    fn absorb(&mut self, joined: std::result::Result<Finished, tokio::task::JoinError>) {
+        match joined {
+            Ok(finished) => self.on_finished(finished),
+            // Only an abort gets here (attempt panics are caught inside the task).
+            Err(e) => {
+                self.first_error
+                    .get_or_insert(format!("scheduler task ended: {e}"));
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drives a run to its end and reports how it ended.
+pub async fn run(setup: RunSetup) -> SchedulerEnd {
+    let mut scheduler = Scheduler::new(setup);
+    let error = scheduler.drive().await.err();
+    if error.is_some() {
+        scheduler.running.abort_all();
+    }
+    let live_values = scheduler
+        .values
+        .iter()
+        .filter_map(|(&i, v)| match v {
+            NodeValue::Live(obj) => Some((scheduler.node_id(i).to_string(), obj.clone())),
+            NodeValue::Bytes(_) => None,
+        })
+        .collect();
+    SchedulerEnd { error, live_values }
+}
+
+/// Ids of nodes (in `graph`) that are `from` or depend on it, excluding `from` itself.
+pub fn downstream_of(graph: &Graph, from: &str) -> BTreeSet<String> {
+    let mut all = graph.descendants_inclusive(from);
+    all.remove(from);
+    all
+}
+
+/// Aborts a spawned attempt when dropped (cancel, lease loss, timeout).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

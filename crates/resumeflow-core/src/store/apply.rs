@@ -1,0 +1,542 @@
+//! Applying writes inside a transaction: events, the projection tables, checkpoints, leases.
+//!
+//! Everything here runs on the writer thread inside an open transaction (a savepoint per
+//! operation), so a refused operation leaves no trace.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::error::{Error, Result, StoreError};
+use crate::event::{Event, EventKind, ResetReason};
+use crate::lease::{owner_is_dead, Lease, LeaseRequest};
+use crate::projection::RunProjection;
+use crate::state::{NodeState, NodeStatus, RunStatus, ValueRef};
+
+use super::{NewRun, RunBatch};
+
+/// Checkpoint delta operations as stored in `checkpoint_nodes.op`.
+pub const OP_COMPLETED: i64 = 0;
+pub const OP_MODIFIED: i64 = 1;
+pub const OP_RESET: i64 = 2;
+
+/// Maps rusqlite errors to a `StoreError` naming the file.
+pub fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| {
+        StoreError::Sqlite {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+        .into()
+    }
+}
+
+/// Builds a `Corrupt` error for an undecodable row.
+pub fn corrupt(path: &Path, table: &str, message: impl ToString) -> Error {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        table: table.to_string(),
+        message: message.to_string(),
+    }
+    .into()
+}
+
+/// The `runs` row fields a write needs.
+pub struct RunHead {
+    pub run_id: String,
+    pub projection: RunProjection,
+    pub last_seq: i64,
+    pub last_checkpoint: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires: f64,
+    pub lease_token: i64,
+}
+
+pub fn load_head(conn: &Connection, path: &Path, run_id: &str) -> Result<RunHead> {
+    let row = conn
+        .prepare_cached(
+            "SELECT status, error, head_checkpoint, updated_at, last_seq, last_checkpoint,
+                    lease_owner, lease_expires, lease_token FROM runs WHERE run_id = ?1",
+        )
+        .and_then(|mut st| {
+            st.query_row([run_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, f64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, f64>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(sql(path))?;
+    let Some((status, error, head, updated_at, last_seq, last_checkpoint, owner, expires, token)) =
+        row
+    else {
+        return Err(Error::RunNotFound {
+            run_id: run_id.to_string(),
+        });
+    };
+    let status = RunStatus::parse(&status)
+        .ok_or_else(|| corrupt(path, "runs", format!("status {status:?}")))?;
+    Ok(RunHead {
+        run_id: run_id.to_string(),
+        projection: RunProjection {
+            status,
+            head_checkpoint: head,
+            error,
+            updated_at,
+            nodes: BTreeMap::new(),
+        },
+        last_seq,
+        last_checkpoint,
+        lease_owner: owner,
+        lease_expires: expires,
+        lease_token: token,
+    })
+}
+
+/// Reads one `node_states` row (columns in the order of [`NODE_COLUMNS`]).
+pub fn node_from_row(r: &Row<'_>, first: usize) -> rusqlite::Result<(String, NodeState)> {
+    let status: String = r.get(first + 1)?;
+    let output_hash: Option<Vec<u8>> = r.get(first + 7)?;
+    let output_size: Option<i64> = r.get(first + 8)?;
+    Ok((
+        r.get(first)?,
+        NodeState {
+            status: NodeStatus::parse(&status).unwrap_or(NodeStatus::Pending),
+            attempt: r.get::<_, i64>(first + 2)? as u32,
+            error: r.get(first + 3)?,
+            retryable: r.get::<_, Option<i64>>(first + 4)?.map(|v| v != 0),
+            started_at: r.get(first + 5)?,
+            finished_at: r.get(first + 6)?,
+            output: output_hash.map(|hash| ValueRef {
+                hash,
+                size: output_size.unwrap_or(0) as u64,
+            }),
+            inputs_override: r.get(first + 9)?,
+            peak_memory: r.get::<_, Option<i64>>(first + 10)?.map(|v| v as u64),
+        },
+    ))
+}
+
+pub const NODE_COLUMNS: &str =
+    "node_id, status, attempt, error, retryable, started_at, finished_at, \
+     output_hash, output_size, inputs_override, peak_memory";
+
+fn load_node(
+    conn: &Connection,
+    path: &Path,
+    run_id: &str,
+    node_id: &str,
+) -> Result<Option<NodeState>> {
+    conn.prepare_cached(&format!(
+        "SELECT {NODE_COLUMNS} FROM node_states WHERE run_id = ?1 AND node_id = ?2"
+    ))
+    .and_then(|mut st| {
+        st.query_row([run_id, node_id], |r| node_from_row(r, 0))
+            .optional()
+    })
+    .map(|o| o.map(|(_, s)| s))
+    .map_err(sql(path))
+}
+
+fn store_node(
+    conn: &Connection,
+    path: &Path,
+    run_id: &str,
+    node_id: &str,
+    s: &NodeState,
+) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO node_states (run_id, {NODE_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ))
+    .and_then(|mut st| {
+        st.execute(params![
+            run_id,
+            node_id,
+            s.status.as_str(),
+            i64::from(s.attempt),
+            s.error,
+            s.retryable.map(i64::from),
+            s.started_at,
+            s.finished_at,
+            s.output.as_ref().map(|v| &v.hash),
+            s.output.as_ref().map(|v| v.size as i64),
+            s.inputs_override,
+            s.peak_memory.map(|v| v as i64),
+        ])
+    })
+    .map_err(sql(path))?;
+    Ok(())
+}
+
+fn store_head(conn: &Connection, path: &Path, head: &RunHead) -> Result<()> {
+    let p = &head.projection;
+    conn.prepare_cached(
+        "UPDATE runs SET status = ?2, error = ?3, head_checkpoint = ?4, updated_at = ?5,
+            last_seq = ?6, last_checkpoint = ?7, lease_owner = ?8, lease_expires = ?9,
+            lease_token = ?10 WHERE run_id = ?1",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            head.run_id,
+            p.status.as_str(),
+            p.error,
+            p.head_checkpoint,
+            p.updated_at,
+            head.last_seq,
+            head.last_checkpoint,
+            head.lease_owner,
+            head.lease_expires,
+            head.lease_token,
+        ])
+    })
+    .map_err(sql(path))?;
+    Ok(())
+}
+
+/// Appends events to one run inside the open transaction, keeping the projection tables,
+/// the checkpoint chain and the lease columns in step.
+struct EventAppender<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+    head: RunHead,
+    now: f64,
+    /// (node, op, value) of the checkpoint this batch makes, if any.
+    delta: Vec<(String, i64, Option<ValueRef>)>,
+}
+
+impl EventAppender<'_> {
+    fn append(&mut self, kind: EventKind) -> Result<()> {
+        let run_id = self.head.run_id.clone();
+        let mut was_completed = false;
+        if let Some(node) = kind.node() {
+            if !self.head.projection.nodes.contains_key(node) {
+                let state = load_node(self.conn, self.path, &run_id, node)?.unwrap_or_default();
+                self.head.projection.nodes.insert(node.to_string(), state);
+            }
+            was_completed = self.head.projection.nodes[node].status == NodeStatus::Completed;
+        }
+        match &kind {
+            EventKind::NodeCompleted { node, value, .. } => {
+                self.delta
+                    .push((node.clone(), OP_COMPLETED, Some(value.clone())));
+            }
+            EventKind::StateUpdated { node, value } => {
+                self.delta
+                    .push((node.clone(), OP_MODIFIED, Some(value.clone())));
+            }
+            EventKind::NodeReset { node, reason } => {
+                if was_completed && matches!(reason, ResetReason::Rerun | ResetReason::Upstream) {
+                    self.delta.push((node.clone(), OP_RESET, None));
+                }
+                if *reason == ResetReason::Rerun {
+                    self.conn
+                        .prepare_cached(
+                            "DELETE FROM partial_states WHERE run_id = ?1 AND node_id = ?2",
+                        )
+                        .and_then(|mut st| st.execute([&run_id, node]))
+                        .map_err(sql(self.path))?;
+                }
+            }
+            EventKind::LeaseReleased { .. } => {
+                self.head.lease_owner = None;
+                self.head.lease_expires = 0.0;
+            }
+            _ => {}
+        }
+        self.head.last_seq += 1;
+        let event = Event {
+            seq: self.head.last_seq,
+            at: self.now,
+            kind,
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (run_id, seq, at, kind, node_id, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    run_id,
+                    event.seq,
+                    event.at,
+                    event.kind.name(),
+                    event.kind.node(),
+                    event.kind.encode()
+                ])
+            })
+            .map_err(sql(self.path))?;
+        self.head.projection.apply(&event);
+        Ok(())
+    }
+
+    /// Commits the checkpoint of this batch if it completed or modified anything.
+    fn checkpoint(&mut self) -> Result<()> {
+        if self.delta.is_empty() {
+            return Ok(());
+        }
+        let delta = std::mem::take(&mut self.delta);
+        let id = self.head.last_checkpoint + 1;
+        let parent = self.head.projection.head_checkpoint;
+        self.append(EventKind::CheckpointCommitted {
+            checkpoint_id: id,
+            parent_id: parent,
+        })?;
+        self.head.last_checkpoint = id;
+        let kind = if delta.iter().any(|(_, op, _)| *op != OP_COMPLETED) {
+            "modified"
+        } else {
+            "completed"
+        };
+        let map = sql(self.path);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO checkpoints (run_id, checkpoint_id, parent_id, seq, created_at, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    self.head.run_id,
+                    id,
+                    parent,
+                    self.head.last_seq,
+                    self.now,
+                    kind
+                ])
+            })
+            .map_err(&map)?;
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO checkpoint_nodes (run_id, checkpoint_id, node_id, op, value_hash, value_size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(&map)?;
+        for (node, op, value) in &delta {
+            st.execute(params![
+                self.head.run_id,
+                id,
+                node,
+                op,
+                value.as_ref().map(|v| &v.hash),
+                value.as_ref().map(|v| v.size as i64)
+            ])
+            .map_err(&map)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        for (node, state) in &self.head.projection.nodes {
+            store_node(self.conn, self.path, &self.head.run_id, node, state)?;
+        }
+        store_head(self.conn, self.path, &self.head)
+    }
+}
+
+fn append_all(
+    conn: &Connection,
+    path: &Path,
+    head: RunHead,
+    batch: &RunBatch,
+    now: f64,
+) -> Result<()> {
+    let map = sql(path);
+    if !batch.values.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT OR IGNORE INTO blobs (hash, size, data) VALUES (?1, ?2, ?3)")
+            .map_err(&map)?;
+        for (value, bytes) in &batch.values {
+            st.execute(params![value.hash, value.size as i64, &bytes[..]])
+                .map_err(&map)?;
+        }
+    }
+    if !batch.partial_states.is_empty() {
+        let mut st = conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO partial_states (run_id, node_id, data, updated_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(&map)?;
+        for (node, data) in &batch.partial_states {
+            st.execute(params![batch.run_id, node, data, now])
+                .map_err(&map)?;
+        }
+    }
+    let mut appender = EventAppender {
+        conn,
+        path,
+        head,
+        now,
+        delta: Vec::new(),
+    };
+    for kind in &batch.events {
+        appender.append(kind.clone())?;
+    }
+    appender.checkpoint()?;
+    appender.finish()
+}
+
+/// Applies a batch, refusing it if its fencing token is stale.
+pub fn apply_batch(conn: &Connection, path: &Path, batch: &RunBatch, now: f64) -> Result<()> {
+    let head = load_head(conn, path, &batch.run_id)?;
+    if let Some(token) = batch.token {
+        if head.lease_token != token {
+            return Err(Error::LeaseLost {
+                run_id: batch.run_id.clone(),
+                token,
+            });
+        }
+    }
+    append_all(conn, path, head, batch, now)
+}
+
+/// Takes the lease of a run and appends `events` under the new token.
+pub fn acquire(
+    conn: &Connection,
+    path: &Path,
+    run_id: &str,
+    request: &LeaseRequest,
+    events: Vec<EventKind>,
+    now: f64,
+) -> Result<Lease> {
+    let mut head = load_head(conn, path, run_id)?;
+    if let Some(owner) = &head.lease_owner {
+        if *owner != request.owner && head.lease_expires > now && !owner_is_dead(owner) {
+            return Err(Error::RunLocked {
+                run_id: run_id.to_string(),
+                owner: owner.clone(),
+                remaining_s: head.lease_expires - now,
+            });
+        }
+    }
+    head.lease_token += 1;
+    head.lease_owner = Some(request.owner.clone());
+    head.lease_expires = now + request.ttl.as_secs_f64();
+    let token = head.lease_token;
+    let mut batch = RunBatch::new(run_id, Some(token));
+    batch.events.push(EventKind::LeaseAcquired {
+        owner: request.owner.clone(),
+        token,
+    });
+    batch.events.extend(events);
+    append_all(conn, path, head, &batch, now)?;
+    Ok(Lease {
+        run_id: run_id.to_string(),
+        owner: request.owner.clone(),
+        token,
+    })
+}
+
+/// Inserts a new run and takes its lease.
+pub fn create(
+    conn: &Connection,
+    path: &Path,
+    run: &NewRun,
+    request: &LeaseRequest,
+    now: f64,
+) -> Result<Lease> {
+    let exists: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
+        .and_then(|mut st| st.query_row([&run.run_id], |r| r.get(0)).optional())
+        .map_err(sql(path))?;
+    if exists.is_some() {
+        return Err(Error::RunExists {
+            run_id: run.run_id.clone(),
+        });
+    }
+    let graph = rmp_serde::to_vec_named(&run.graph).expect("graphs encode");
+    let inputs = rmp_serde::to_vec_named(&EncodedInputs(&run.inputs)).expect("inputs encode");
+    let labels = rmp_serde::to_vec_named(&run.labels).expect("labels encode");
+    conn.prepare_cached(
+        "INSERT INTO runs (run_id, workflow, graph_hash, graph, inputs, labels, status, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            run.run_id,
+            run.graph.name(),
+            run.graph.structural_hash(),
+            graph,
+            inputs,
+            labels,
+            now
+        ])
+    })
+    .map_err(sql(path))?;
+    let created = EventKind::RunCreated {
+        workflow: run.graph.name().to_string(),
+        graph_hash: run.graph.structural_hash(),
+        nodes: run
+            .graph
+            .node_ids()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+    };
+    // RunCreated goes first, before the lease event that `acquire` adds.
+    let head = load_head(conn, path, &run.run_id)?;
+    append_all(
+        conn,
+        path,
+        head,
+        &RunBatch {
+            run_id: run.run_id.clone(),
+            token: None,
+            events: vec![created],
+            ..RunBatch::default()
+        },
+        now,
+    )?;
+    acquire(conn, path, &run.run_id, request, Vec::new(), now)
+}
+
+/// Run inputs are stored as a msgpack map of binary values.
+#[derive(serde::Serialize)]
+struct EncodedInputs<'a>(
+    #[serde(serialize_with = "serialize_input_map")] &'a BTreeMap<String, Vec<u8>>,
+);
+
+fn serialize_input_map<S: serde::Serializer>(
+    map: &&BTreeMap<String, Vec<u8>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(map.len()))?;
+    for (k, v) in *map {
+        m.serialize_entry(k, serde_bytes::Bytes::new(v))?;
+    }
+    m.end()
+}
+
+/// Decodes the stored run inputs.
+pub fn decode_inputs(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, rmp_serde::decode::Error> {
+    let map: BTreeMap<String, serde_bytes::ByteBuf> = rmp_serde::from_slice(bytes)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.into_vec())).collect())
+}
+
+/// Extends the listed leases; returns those that were lost.
+pub fn renew(conn: &Connection, path: &Path, leases: &[Lease], expires: f64) -> Result<Vec<Lease>> {
+    let mut lost = Vec::new();
+    let mut st = conn
+        .prepare_cached(
+            "UPDATE runs SET lease_expires = ?4 WHERE run_id = ?1 AND lease_token = ?2 AND lease_owner = ?3",
+        )
+        .map_err(sql(path))?;
+    for lease in leases {
+        let n = st
+            .execute(params![lease.run_id, lease.token, lease.owner, expires])
+            .map_err(sql(path))?;
+        if n == 0 {
+            lost.push(lease.clone());
+        }
+    }
+    Ok(lost)
+}

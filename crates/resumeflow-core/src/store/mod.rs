@@ -1,0 +1,168 @@
+//! Durable storage of runs, events, node states, checkpoints, values and partial states.
+//!
+//! [`Store`] is the seam the engine writes through; [`SqliteStore`] is the embedded
+//! implementation (one writer thread with group commit, WAL, `BEGIN IMMEDIATE`).
+//! A PostgreSQL implementation can sit behind the same trait (shared/ARCHITECTURE.md).
+
+mod apply;
+mod checkpoints;
+mod schema;
+mod sqlite;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::error::Result;
+use crate::event::{Event, EventKind};
+use crate::graph::Graph;
+use crate::lease::{Lease, LeaseRequest};
+use crate::state::{Checkpoint, RunState, RunStatus, ValueRef};
+
+pub use schema::SCHEMA_VERSION;
+pub use sqlite::SqliteStore;
+
+/// How hard a commit is pushed to disk before the engine moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`; a completion is fsynced before its dependants start.
+    #[default]
+    Sync,
+    /// `synchronous=NORMAL`, commits grouped over a short window; dependants may start before
+    /// their producer's commit lands, but commits stay in order.
+    Batched,
+    /// Nothing is written until the run stops (tests and benchmarks only).
+    Off,
+}
+
+impl Durability {
+    /// Parses `sync`, `batched` or `off`.
+    ///
+    /// ```
+    /// use resumeflow_core::Durability;
+    /// assert_eq!(Durability::parse("batched").unwrap(), Durability::Batched);
+    /// assert!(Durability::parse("fast").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "sync" => Ok(Self::Sync),
+            "batched" => Ok(Self::Batched),
+            "off" => Ok(Self::Off),
+            other => Err(crate::Error::InvalidArgument {
+                field: "durability".into(),
+                message: format!("{other:?} is not one of \"sync\", \"batched\", \"off\""),
+            }),
+        }
+    }
+}
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub run_id: String,
+    pub graph: Graph,
+    /// Encoded run inputs by name.
+    pub inputs: BTreeMap<String, Vec<u8>>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Events of one run committed together, with the values and partial states they reference.
+#[derive(Debug, Clone, Default)]
+pub struct RunBatch {
+    pub run_id: String,
+    /// Fencing token; `None` for operator writes made without a lease.
+    pub token: Option<i64>,
+    pub events: Vec<EventKind>,
+    pub values: Vec<(ValueRef, Arc<[u8]>)>,
+    pub partial_states: Vec<(String, Vec<u8>)>,
+}
+
+impl RunBatch {
+    /// An empty batch for `run_id` under `token`.
+    pub fn new(run_id: &str, token: Option<i64>) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            token,
+            ..Self::default()
+        }
+    }
+
+    /// True if there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.values.is_empty() && self.partial_states.is_empty()
+    }
+
+    /// Appends another batch of the same run.
+    pub fn extend(&mut self, other: RunBatch) {
+        self.events.extend(other.events);
+        self.values.extend(other.values);
+        self.partial_states.extend(other.partial_states);
+    }
+}
+
+/// Resolves once the batch is committed (or refused).
+pub type CommitTicket = oneshot::Receiver<Result<()>>;
+
+/// A run as stored: its state plus what a worker needs to resume it.
+#[derive(Debug, Clone)]
+pub struct StoredRun {
+    pub state: RunState,
+    pub graph: Graph,
+    pub graph_hash: String,
+    pub inputs: BTreeMap<String, Vec<u8>>,
+    pub lease_owner: Option<String>,
+    pub lease_expires: f64,
+    pub lease_token: i64,
+}
+
+/// What a `cleanup` call should delete.
+#[derive(Debug, Clone)]
+pub struct CleanupRequest {
+    pub run_id: Option<String>,
+    /// Newest checkpoints kept per run (at least 1).
+    pub keep_last: usize,
+    /// Only checkpoints created before this time (seconds since the epoch) are deleted.
+    pub older_than: Option<f64>,
+}
+
+/// The storage seam of the engine.
+pub trait Store: Send + Sync + 'static {
+    /// Where the store lives (for messages).
+    fn path(&self) -> &Path;
+    /// Creates a run and takes its lease in one transaction.
+    fn create_run(&self, run: NewRun, lease: LeaseRequest) -> Result<Lease>;
+    /// Takes a run's lease (refused with `RunLocked` while a live worker holds it) and appends
+    /// `events` under the new token, in one transaction.
+    fn acquire_lease(
+        &self,
+        run_id: &str,
+        lease: LeaseRequest,
+        events: Vec<EventKind>,
+    ) -> Result<Lease>;
+    /// Extends the leases still held; returns the ones that were lost.
+    fn renew_leases(&self, leases: Vec<Lease>, ttl_s: f64) -> Result<Vec<Lease>>;
+    /// Queues a batch for the next group commit.
+    fn submit(&self, batch: RunBatch) -> CommitTicket;
+    /// Queues a batch and waits for its commit.
+    fn commit(&self, batch: RunBatch) -> Result<()> {
+        self.submit(batch)
+            .blocking_recv()
+            .unwrap_or(Err(crate::Error::Shutdown))
+    }
+    fn load_run(&self, run_id: &str) -> Result<StoredRun>;
+    fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<StoredRun>>;
+    fn load_value(&self, value: &ValueRef) -> Result<Vec<u8>>;
+    fn load_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>>;
+    fn events(&self, run_id: &str) -> Result<Vec<Event>>;
+    /// Checkpoints of a run, newest first.
+    fn history(&self, run_id: &str) -> Result<Vec<Checkpoint>>;
+    /// Completed nodes and their values as of a checkpoint.
+    fn state_at(&self, run_id: &str, checkpoint_id: i64) -> Result<BTreeMap<String, ValueRef>>;
+    /// Deletes old checkpoints; returns how many.
+    fn cleanup(&self, request: CleanupRequest) -> Result<usize>;
+    /// Stops the writer after draining what was submitted.
+    fn close(&self);
+}

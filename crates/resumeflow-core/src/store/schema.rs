@@ -1,0 +1,151 @@
+//! The SQLite schema, its version and migrations.
+//!
+//! Tables (all keyed by `run_id` first so one run's rows sit together):
+//! - `runs`: one row per run: workflow name, structural hash and graph (msgpack), encoded
+//!   inputs, labels, the run-level projection (`status`, `error`, `head_checkpoint`,
+//!   `updated_at`), counters (`last_seq`, `last_checkpoint`) and the lease
+//!   (`lease_owner`, `lease_expires`, `lease_token` — the fencing token).
+//! - `events`: the append-only log, `(run_id, seq)`, kind name and rmp-serde payload.
+//! - `node_states`: the node-level projection, updated in the same transaction as each event.
+//! - `checkpoints` + `checkpoint_nodes`: one checkpoint per committed step with its parent and
+//!   its delta (`op` 0 = completed, 1 = modified, 2 = reset; value hash), never a snapshot,
+//!   except `kind = 'snapshot'` rows that `cleanup` folded older checkpoints into.
+//! - `blobs`: output values, content-addressed by BLAKE3 and stored once.
+//! - `partial_states`: a node's own saved progress.
+//! - `compaction_refs`: values referenced by a run's `Compacted` event (kept by blob GC).
+//!
+//! `PRAGMA application_id` marks the file as ours; `PRAGMA user_version` is the schema version.
+
+use rusqlite::Connection;
+
+/// 'RFLW'
+pub const APPLICATION_ID: i64 = 0x5246_4C57;
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migrations by target version; index 0 creates version 1.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE runs (
+    run_id          TEXT PRIMARY KEY,
+    workflow        TEXT NOT NULL,
+    graph_hash      TEXT NOT NULL,
+    graph           BLOB NOT NULL,
+    inputs          BLOB NOT NULL,
+    labels          BLOB NOT NULL,
+    status          TEXT NOT NULL,
+    error           TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    head_checkpoint INTEGER,
+    last_checkpoint INTEGER NOT NULL DEFAULT 0,
+    last_seq        INTEGER NOT NULL DEFAULT 0,
+    lease_owner     TEXT,
+    lease_expires   REAL NOT NULL DEFAULT 0,
+    lease_token     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX runs_by_status ON runs(status);
+CREATE TABLE events (
+    run_id  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    at      REAL NOT NULL,
+    kind    TEXT NOT NULL,
+    node_id TEXT,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE node_states (
+    run_id          TEXT NOT NULL,
+    node_id         TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempt         INTEGER NOT NULL,
+    error           TEXT,
+    retryable       INTEGER,
+    started_at      REAL,
+    finished_at     REAL,
+    output_hash     BLOB,
+    output_size     INTEGER,
+    inputs_override BLOB,
+    peak_memory     INTEGER,
+    PRIMARY KEY (run_id, node_id)
+) WITHOUT ROWID;
+CREATE INDEX node_states_by_output ON node_states(output_hash) WHERE output_hash IS NOT NULL;
+CREATE TABLE checkpoints (
+    run_id        TEXT NOT NULL,
+    checkpoint_id INTEGER NOT NULL,
+    parent_id     INTEGER,
+    seq           INTEGER NOT NULL,
+    created_at    REAL NOT NULL,
+    kind          TEXT NOT NULL,
+    PRIMARY KEY (run_id, checkpoint_id)
+) WITHOUT ROWID;
+CREATE TABLE checkpoint_nodes (
+    run_id        TEXT NOT NULL,
+    checkpoint_id INTEGER NOT NULL,
+    node_id       TEXT NOT NULL,
+    op            INTEGER NOT NULL,
+    value_hash    BLOB,
+    value_size    INTEGER,
+    PRIMARY KEY (run_id, checkpoint_id, node_id)
+) WITHOUT ROWID;
+CREATE INDEX checkpoint_nodes_by_value ON checkpoint_nodes(value_hash) WHERE value_hash IS NOT NULL;
+CREATE TABLE blobs (
+    hash BLOB NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE partial_states (
+    run_id     TEXT NOT NULL,
+    node_id    TEXT NOT NULL,
+    data       BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (run_id, node_id)
+) WITHOUT ROWID;
+CREATE TABLE compaction_refs (
+    run_id TEXT NOT NULL,
+    hash   BLOB NOT NULL,
+    PRIMARY KEY (run_id, hash)
+) WITHOUT ROWID;
+"];
+
+/// What the file holds before we touch it.
+pub enum Existing {
+    /// No tables, no marks: a new file.
+    Empty,
+    /// Ours, at this version.
+    Version(i64),
+    /// Tables but not ours.
+    Foreign,
+}
+
+/// Reads the marks without writing anything (so a foreign or corrupt file stays untouched).
+pub fn inspect(conn: &Connection) -> rusqlite::Result<Existing> {
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    Ok(if app == APPLICATION_ID {
+        Existing::Version(version)
+    } else if app == 0 && version == 0 && tables == 0 {
+        Existing::Empty
+    } else {
+        Existing::Foreign
+    })
+}
+
+/// Brings the schema from `from` to [`SCHEMA_VERSION`] in one transaction.
+pub fn migrate(conn: &mut Connection, from: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Another process may have migrated while we waited for the write lock.
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let app: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let start = if app == APPLICATION_ID { current } else { from };
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let target = i as i64 + 1;
+        if target > start {
+            tx.execute_batch(sql)?;
+        }
+    }
+    tx.execute_batch(&format!(
+        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+    ))?;
+    tx.commit()
+}

@@ -1,0 +1,411 @@
+//! `SqliteStore`: the embedded store on one SQLite file (WAL, bundled SQLite).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{Error, Result, StoreError};
+use crate::event::{Event, EventKind};
+use crate::graph::Graph;
+use crate::lease::{Lease, LeaseRequest};
+use crate::state::{Checkpoint, RunState, RunStatus, ValueRef};
+
+use super::apply::{self, corrupt, sql, NODE_COLUMNS};
+use super::checkpoints;
+use super::schema::{self, Existing, SCHEMA_VERSION};
+use super::writer::Writer;
+use super::{CleanupRequest, CommitTicket, Durability, NewRun, RunBatch, Store, StoredRun};
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The embedded store: one writer thread (group commit) and one reader connection.
+pub struct SqliteStore {
+    path: PathBuf,
+    reader: Mutex<Connection>,
+    writer: Writer,
+}
+
+fn unusable(path: &Path, message: impl ToString) -> Error {
+    StoreError::Unusable {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+    .into()
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| unusable(path, format!("cannot open: {e}")))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql(path))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Creates the file with mode 0600 if it does not exist (SQLite gives its -wal and -shm
+/// files the same mode).
+fn create_private_file(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(unusable(
+                path,
+                format!("directory {} does not exist", parent.display()),
+            ));
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(unusable(path, format!("cannot create: {e}"))),
+    }
+}
+
+impl SqliteStore {
+    /// Opens or creates the store at `path`.
+    ///
+    /// A path that is a directory, a file that is not SQLite, a SQLite file that is not a
+    /// resumeflow store, or one written by a newer schema gives a `StoreError`, and the file
+    /// is left untouched.
+    ///
+    /// ```
+    /// use resumeflow_core::{Durability, SqliteStore, Store};
+    /// let dir = std::env::temp_dir().join(format!("rf-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let store = SqliteStore::open(dir.join("runs.db"), Durability::Sync).unwrap();
+    /// assert!(store.list_runs(None).unwrap().is_empty());
+    /// # store.close(); std::fs::remove_dir_all(dir).ok();
+    /// ```
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            return Err(unusable(&path, "is a directory, not a store file"));
+        }
+        create_private_file(&path)?;
+        let mut writer_conn = connect(&path)?;
+        let existing = schema::inspect(&writer_conn)
+            .map_err(|e| unusable(&path, format!("not a usable SQLite database: {e}")))?;
+        match existing {
+            Existing::Foreign => {
+                return Err(unusable(
+                    &path,
+                    "is a SQLite database but not a resumeflow store",
+                ));
+            }
+            Existing::Version(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::NewerSchema {
+                    path,
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                }
+                .into());
+            }
+            _ => {}
+        }
+        writer_conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+            .map_err(|e| unusable(&path, format!("cannot enable WAL: {e}")))?;
+        let synchronous = match durability {
+            Durability::Sync => "FULL",
+            Durability::Batched => "NORMAL",
+            Durability::Off => "OFF",
+        };
+        writer_conn
+            .execute_batch(&format!(
+                "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY;"
+            ))
+            .map_err(sql(&path))?;
+        match existing {
+            Existing::Empty => schema::migrate(&mut writer_conn, 0),
+            Existing::Version(v) if v < SCHEMA_VERSION => schema::migrate(&mut writer_conn, v),
+            _ => Ok(()),
+        }
+        .map_err(|e| unusable(&path, format!("cannot create or migrate the schema: {e}")))?;
+        let reader = connect(&path)?;
+        reader
+            .execute_batch("PRAGMA query_only = 1;")
+            .map_err(sql(&path))?;
+        Ok(Self {
+            writer: Writer::spawn(writer_conn, path.clone(), durability),
+            reader: Mutex::new(reader),
+            path,
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.reader.lock().expect("reader lock");
+        f(&conn)
+    }
+
+    fn stored_run(&self, conn: &Connection, run_id: &str) -> Result<StoredRun> {
+        let map = sql(&self.path);
+        let row = conn
+            .prepare_cached(
+                "SELECT workflow, graph_hash, graph, inputs, labels, status, error, created_at, updated_at,
+                        head_checkpoint, lease_owner, lease_expires, lease_token FROM runs WHERE run_id = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row([run_id], |r| {
+                    Ok((
+                        (
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                            r.get::<_, Vec<u8>>(3)?,
+                            r.get::<_, Vec<u8>>(4)?,
+                        ),
+                        (
+                            r.get::<_, String>(5)?,
+                            r.get::<_, Option<String>>(6)?,
+                            r.get::<_, f64>(7)?,
+                            r.get::<_, f64>(8)?,
+                            r.get::<_, Option<i64>>(9)?,
+                        ),
+                        (r.get::<_, Option<String>>(10)?, r.get::<_, f64>(11)?, r.get::<_, i64>(12)?),
+                    ))
+                })
+                .optional()
+            })
+            .map_err(&map)?;
+        let Some((
+            (workflow, graph_hash, graph, inputs, labels),
+            (status, error, created_at, updated_at, head),
+            lease,
+        )) = row
+        else {
+            return Err(Error::RunNotFound {
+                run_id: run_id.to_string(),
+            });
+        };
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            corrupt(&self.path, "runs", format!("run {run_id:?} {what}: {e}"))
+        };
+        let graph: Graph = rmp_serde::from_slice::<Graph>(&graph)
+            .map_err(|e| bad("graph", &e))?
+            .reindex();
+        let inputs = apply::decode_inputs(&inputs).map_err(|e| bad("inputs", &e))?;
+        let labels: BTreeMap<String, String> =
+            rmp_serde::from_slice(&labels).map_err(|e| bad("labels", &e))?;
+        let status = RunStatus::parse(&status).ok_or_else(|| bad("status", &status))?;
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM node_states WHERE run_id = ?1"
+            ))
+            .map_err(&map)?;
+        let nodes = st
+            .query_map([run_id], |r| apply::node_from_row(r, 0))
+            .and_then(Iterator::collect::<rusqlite::Result<BTreeMap<_, _>>>)
+            .map_err(&map)?;
+        Ok(StoredRun {
+            state: RunState {
+                run_id: run_id.to_string(),
+                workflow,
+                status,
+                nodes,
+                node_order: graph.node_ids().into_iter().map(str::to_string).collect(),
+                checkpoint_id: head,
+                error,
+                created_at,
+                updated_at,
+                labels,
+            },
+            graph,
+            graph_hash,
+            inputs,
+            lease_owner: lease.0,
+            lease_expires: lease.1,
+            lease_token: lease.2,
+        })
+    }
+
+    fn require_run(&self, conn: &Connection, run_id: &str) -> Result<()> {
+        let found: Option<i64> = conn
+            .prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
+            .and_then(|mut st| st.query_row([run_id], |r| r.get(0)).optional())
+            .map_err(sql(&self.path))?;
+        found.map(|_| ()).ok_or_else(|| Error::RunNotFound {
+            run_id: run_id.to_string(),
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn create_run(&self, run: NewRun, lease: LeaseRequest) -> Result<Lease> {
+        let path = self.path.clone();
+        self.writer
+            .call(move |conn, at| apply::create(conn, &path, &run, &lease, at))
+    }
+
+    fn acquire_lease(
+        &self,
+        run_id: &str,
+        lease: LeaseRequest,
+        events: Vec<EventKind>,
+    ) -> Result<Lease> {
+        let path = self.path.clone();
+        let run_id = run_id.to_string();
+        self.writer
+            .call(move |conn, at| apply::acquire(conn, &path, &run_id, &lease, events, at))
+    }
+
+    fn renew_leases(&self, leases: Vec<Lease>, ttl_s: f64) -> Result<Vec<Lease>> {
+        let path = self.path.clone();
+        self.writer
+            .call(move |conn, at| apply::renew(conn, &path, &leases, at + ttl_s))
+    }
+
+    fn submit(&self, batch: RunBatch) -> CommitTicket {
+        let path = self.path.clone();
+        self.writer
+            .submit(move |conn, at| apply::apply_batch(conn, &path, &batch, at))
+    }
+
+    fn load_run(&self, run_id: &str) -> Result<StoredRun> {
+        self.read(|conn| self.stored_run(conn, run_id))
+    }
+
+    fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<StoredRun>> {
+        self.read(|conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT run_id FROM runs WHERE ?1 IS NULL OR status = ?1 ORDER BY created_at, run_id",
+                )
+                .and_then(|mut st| {
+                    st.query_map([status.map(RunStatus::as_str)], |r| r.get(0))?
+                        .collect()
+                })
+                .map_err(sql(&self.path))?;
+            ids.iter().map(|id| self.stored_run(conn, id)).collect()
+        })
+    }
+
+    fn load_value(&self, value: &ValueRef) -> Result<Vec<u8>> {
+        self.read(|conn| {
+            let data: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT data FROM blobs WHERE hash = ?1")
+                .and_then(|mut st| st.query_row([&value.hash], |r| r.get(0)).optional())
+                .map_err(sql(&self.path))?;
+            let data = data.ok_or_else(|| {
+                corrupt(
+                    &self.path,
+                    "blobs",
+                    format!("value {} is missing", value.hex()),
+                )
+            })?;
+            if ValueRef::of(&data) != *value {
+                return Err(corrupt(
+                    &self.path,
+                    "blobs",
+                    format!("value {} fails its hash check", value.hex()),
+                ));
+            }
+            Ok(data)
+        })
+    }
+
+    fn load_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|conn| {
+            self.require_run(conn, run_id)?;
+            conn.prepare_cached(
+                "SELECT data FROM partial_states WHERE run_id = ?1 AND node_id = ?2",
+            )
+            .and_then(|mut st| st.query_row([run_id, node_id], |r| r.get(0)).optional())
+            .map_err(sql(&self.path))
+        })
+    }
+
+    fn events(&self, run_id: &str) -> Result<Vec<Event>> {
+        self.read(|conn| {
+            self.require_run(conn, run_id)?;
+            checkpoints::load_events(conn, &self.path, run_id, None)
+        })
+    }
+
+    fn history(&self, run_id: &str) -> Result<Vec<Checkpoint>> {
+        self.read(|conn| {
+            let run = self.stored_run(conn, run_id)?;
+            checkpoints::history(conn, &self.path, run_id, &run.state.node_order)
+        })
+    }
+
+    fn state_at(&self, run_id: &str, checkpoint_id: i64) -> Result<BTreeMap<String, ValueRef>> {
+        self.read(|conn| {
+            self.require_run(conn, run_id)?;
+            let (rows, deltas) = checkpoints::load_chain(conn, &self.path, run_id)?;
+            checkpoints::require_checkpoint(&rows, run_id, checkpoint_id)?;
+            checkpoints::state_at(&rows, &deltas, checkpoint_id).ok_or_else(|| {
+                corrupt(
+                    &self.path,
+                    "checkpoints",
+                    format!("run {run_id:?}: broken chain at {checkpoint_id}"),
+                )
+            })
+        })
+    }
+
+    fn cleanup(&self, request: CleanupRequest) -> Result<usize> {
+        if request.keep_last < 1 {
+            return Err(Error::InvalidArgument {
+                field: "keep_last".into(),
+                message: format!(
+                    "must be at least 1 (the newest checkpoint is always kept), got {}",
+                    request.keep_last
+                ),
+            });
+        }
+        let path = self.path.clone();
+        self.writer.call(move |conn, _at| {
+            let run_ids: Vec<String> = match &request.run_id {
+                Some(id) => {
+                    apply::load_head(conn, &path, id)?;
+                    vec![id.clone()]
+                }
+                None => conn
+                    .prepare("SELECT run_id FROM runs ORDER BY run_id")
+                    .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                    .map_err(sql(&path))?,
+            };
+            let mut deleted = 0;
+            for run_id in &run_ids {
+                deleted += checkpoints::cleanup_run(
+                    conn,
+                    &path,
+                    run_id,
+                    request.keep_last,
+                    request.older_than,
+                )?;
+            }
+            if deleted > 0 {
+                checkpoints::collect_garbage(conn, &path)?;
+            }
+            Ok(deleted)
+        })
+    }
+
+    fn close(&self) {
+        self.writer.close();
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.writer.close();
+    }
+}
