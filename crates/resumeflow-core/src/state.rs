@@ -30,7 +30,13 @@ impl ValueRef {
 
     /// Hex form of the hash.
     pub fn hex(&self) -> String {
-        self.hash.iter().map(|b| format!("{b:02x}")).collect()
+        use std::fmt::Write;
+        self.hash
+            .iter()
+            .fold(String::with_capacity(64), |mut out, b| {
+                let _ = write!(out, "{b:02x}");
+                out
+            })
     }
 }
 

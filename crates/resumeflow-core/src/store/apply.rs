@@ -499,21 +499,17 @@ pub fn create(
 }
 
 /// Run inputs are stored as a msgpack map of binary values.
-#[derive(serde::Serialize)]
-struct EncodedInputs<'a>(
-    #[serde(serialize_with = "serialize_input_map")] &'a BTreeMap<String, Vec<u8>>,
-);
+struct EncodedInputs<'a>(&'a BTreeMap<String, Vec<u8>>);
 
-fn serialize_input_map<S: serde::Serializer>(
-    map: &&BTreeMap<String, Vec<u8>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(Some(map.len()))?;
-    for (k, v) in *map {
-        m.serialize_entry(k, serde_bytes::Bytes::new(v))?;
+impl serde::Serialize for EncodedInputs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, serde_bytes::Bytes::new(v))?;
+        }
+        m.end()
     }
-    m.end()
 }
 
 /// Decodes the stored run inputs.

@@ -104,18 +104,17 @@ impl Writer {
             reply,
         });
         let guard = self.tx.lock().expect("writer lock");
-        match guard.as_ref() {
-            Some(tx) => {
-                if let Err(std::sync::mpsc::SendError(Msg::Job(mut job))) = tx.send(Msg::Job(job)) {
-                    job.fail(self.closed());
-                    job.deliver(None);
-                }
-            }
-            None => {
-                let mut job: Box<dyn WriteJob> = job;
-                job.fail(self.closed());
-                job.deliver(None);
-            }
+        let refused: Option<Box<dyn WriteJob>> = match guard.as_ref() {
+            Some(tx) => match tx.send(Msg::Job(job)) {
+                Ok(()) => None,
+                Err(std::sync::mpsc::SendError(Msg::Job(job))) => Some(job),
+                Err(_) => unreachable!("only jobs are sent here"),
+            },
+            None => Some(job),
+        };
+        if let Some(mut job) = refused {
+            job.fail(self.closed());
+            job.deliver(None);
         }
         rx
     }

@@ -1,0 +1,330 @@
+//! Store-level tests: unusable files, schema versions, leases and fencing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use resumeflow_core::lease::LeaseRequest;
+use resumeflow_core::store::RunBatch;
+use resumeflow_core::{
+    Durability, Engine, EngineOptions, Error, EventKind, SqliteStore, Store, StoreError,
+};
+
+fn open_err(path: &std::path::Path) -> StoreError {
+    match SqliteStore::open(path, Durability::Sync) {
+        Err(Error::Store(e)) => e,
+        Err(other) => panic!("expected a StoreError, got {other:?}"),
+        Ok(_) => panic!("expected {} to be refused", path.display()),
+    }
+}
+
+#[test]
+fn non_sqlite_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.db");
+    let content = b"this is not a database, just text that must survive".repeat(100);
+    std::fs::write(&path, &content).unwrap();
+    let err = open_err(&path);
+    assert!(err.to_string().contains("notes.db"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), content, "file untouched");
+    assert!(!dir.path().join("notes.db-wal").exists());
+}
+
+#[test]
+fn truncated_store_is_refused() {
+    let store = TempStore::new();
+    {
+        let engine = store.engine();
+        let counter = Counter::new();
+        finish(
+            &engine
+                .start(chain(3), counter.executor(), seed(0), Default::default())
+                .unwrap(),
+        );
+        engine.close();
+    }
+    let bytes = std::fs::read(store.path()).unwrap();
+    std::fs::write(store.path(), &bytes[..50]).unwrap();
+    let err = open_err(&store.path());
+    assert!(err.to_string().contains("runs.db"), "{err}");
+    assert_eq!(
+        std::fs::read(store.path()).unwrap().len(),
+        50,
+        "file untouched"
+    );
+}
+
+#[test]
+fn directory_and_foreign_sqlite_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(open_err(dir.path()).to_string().contains("directory"));
+    let foreign = dir.path().join("other.sqlite");
+    make_foreign_sqlite(&foreign);
+    assert!(open_err(&foreign)
+        .to_string()
+        .contains("not a resumeflow store"));
+}
+
+/// Makes a SQLite file with an unrelated table, written by Python's sqlite3 module.
+fn make_foreign_sqlite(path: &std::path::Path) {
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table t(x)'); c.commit()",
+            path.to_str().unwrap(),
+        ])
+        .status()
+        .expect("python3 is available on the build machine");
+    assert!(status.success());
+}
+
+#[test]
+fn newer_schema_is_refused_with_both_versions() {
+    let store = TempStore::new();
+    drop(store.engine());
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('pragma user_version=99'); c.commit()",
+            store.path().to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    match open_err(&store.path()) {
+        StoreError::NewerSchema {
+            found, supported, ..
+        } => {
+            assert_eq!(found, 99);
+            assert_eq!(supported, resumeflow_core::store::SCHEMA_VERSION);
+        }
+        other => panic!("expected NewerSchema, got {other}"),
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn new_store_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = TempStore::new();
+    drop(store.engine());
+    let mode = std::fs::metadata(store.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn stale_fencing_token_is_refused_and_writes_nothing() {
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    finish(
+        &engine
+            .execute_until(
+                chain(3),
+                counter.executor(),
+                "n0",
+                seed(0),
+                Some("f".into()),
+            )
+            .unwrap(),
+    );
+    let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
+    let request = |owner: &str| LeaseRequest {
+        owner: owner.to_string(),
+        ttl: Duration::from_millis(50),
+    };
+    let first = raw
+        .acquire_lease("f", request("host:1:old"), vec![])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(80)); // first lease expires
+    let second = raw
+        .acquire_lease("f", request("host:2:new"), vec![])
+        .unwrap();
+    assert!(
+        second.token > first.token,
+        "tokens increase on every acquisition"
+    );
+    let events_before = engine.events("f").unwrap().len();
+    let mut stale = RunBatch::new("f", Some(first.token));
+    stale.events.push(EventKind::RunPaused);
+    match raw.commit(stale) {
+        Err(Error::LeaseLost { token, .. }) => assert_eq!(token, first.token),
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+    assert_eq!(
+        engine.events("f").unwrap().len(),
+        events_before,
+        "nothing written"
+    );
+    assert_eq!(
+        raw.renew_leases(vec![first.clone()], 10.0).unwrap(),
+        vec![first]
+    );
+    assert!(raw.renew_leases(vec![second], 10.0).unwrap().is_empty());
+}
+
+#[test]
+fn live_lease_blocks_and_expired_lease_is_taken_over() {
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    finish(
+        &engine
+            .execute_until(
+                chain(2),
+                counter.executor(),
+                "n0",
+                seed(0),
+                Some("l".into()),
+            )
+            .unwrap(),
+    );
+    let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
+    // An owner on this host whose process is alive (this one) holds a live lease.
+    let alive_owner = format!(
+        "{}:{}:x",
+        resumeflow_core::lease::hostname(),
+        std::process::id()
+    );
+    raw.acquire_lease(
+        "l",
+        LeaseRequest {
+            owner: alive_owner,
+            ttl: Duration::from_millis(300),
+        },
+        vec![],
+    )
+    .unwrap();
+    let other = LeaseRequest {
+        owner: "elsewhere:7:y".into(),
+        ttl: Duration::from_secs(5),
+    };
+    assert!(matches!(
+        raw.acquire_lease("l", other.clone(), vec![]),
+        Err(Error::RunLocked { .. })
+    ));
+    std::thread::sleep(Duration::from_millis(350));
+    assert!(
+        raw.acquire_lease("l", other, vec![]).is_ok(),
+        "expired lease is taken over"
+    );
+    // An owner on this host whose process is gone is taken over at once, long before expiry.
+    finish(
+        &engine
+            .execute_until(
+                chain(2),
+                counter.executor(),
+                "n0",
+                seed(0),
+                Some("l2".into()),
+            )
+            .unwrap(),
+    );
+    let dead_owner = format!("{}:4194000:z", resumeflow_core::lease::hostname());
+    raw.acquire_lease(
+        "l2",
+        LeaseRequest {
+            owner: dead_owner,
+            ttl: Duration::from_secs(600),
+        },
+        vec![],
+    )
+    .unwrap();
+    let taken = raw.acquire_lease(
+        "l2",
+        LeaseRequest {
+            owner: "elsewhere:7:y".into(),
+            ttl: Duration::from_secs(5),
+        },
+        vec![],
+    );
+    assert!(
+        taken.is_ok(),
+        "a dead owner's lease is taken over: {taken:?}"
+    );
+}
+
+#[test]
+fn unknown_runs_are_reported_by_every_call() {
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    let not_found =
+        |r: Result<(), Error>| assert!(matches!(r, Err(Error::RunNotFound { .. })), "{r:?}");
+    not_found(engine.get_current_state("nope").map(drop));
+    not_found(engine.get_partial_results("nope").map(drop));
+    not_found(engine.history("nope").map(drop));
+    not_found(engine.cleanup(Some("nope"), 1, None).map(drop));
+    not_found(engine.save_partial_state("nope", "n0", vec![1]));
+    not_found(engine.get_partial_state("nope", "n0").map(drop));
+    not_found(
+        engine
+            .resume("nope", chain(1), counter.executor(), Default::default())
+            .map(drop),
+    );
+}
+
+#[test]
+fn durability_modes_all_complete_and_replay() {
+    for durability in [Durability::Sync, Durability::Batched, Durability::Off] {
+        let store = TempStore::new();
+        let engine = Engine::open(
+            store.path(),
+            EngineOptions {
+                durability,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let counter = Counter::new();
+        let state = finish(
+            &engine
+                .start(chain(20), counter.executor(), seed(0), Default::default())
+                .unwrap(),
+        );
+        assert_eq!(
+            state.status,
+            resumeflow_core::RunStatus::Completed,
+            "{durability:?}"
+        );
+        assert_eq!(values(&engine, &state.run_id)["n19"], 20);
+        assert_replay_matches(&engine, &state.run_id);
+    }
+}
+
+#[test]
+fn partial_state_round_trips_and_survives_completion() {
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    let state = finish(
+        &engine
+            .execute_until(
+                chain(2),
+                counter.executor(),
+                "n0",
+                seed(0),
+                Some("p".into()),
+            )
+            .unwrap(),
+    );
+    assert_eq!(engine.get_partial_state(&state.run_id, "n1").unwrap(), None);
+    engine
+        .save_partial_state("p", "n1", b"epoch=3".to_vec())
+        .unwrap();
+    assert_eq!(
+        engine.get_partial_state("p", "n1").unwrap().unwrap(),
+        b"epoch=3"
+    );
+    assert!(matches!(
+        engine.save_partial_state("p", "zzz", vec![]),
+        Err(Error::Graph(
+            resumeflow_core::GraphError::UnknownNode { .. }
+        ))
+    ));
+}
