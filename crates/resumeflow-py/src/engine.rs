@@ -1,0 +1,358 @@
+//! `CoreEngine`, `CoreGraph` and `CoreRun`: the engine as the Python layer sees it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use resumeflow_core::{
+    Durability, Engine, EngineOptions, Graph, NodeExecutor, ResumeOptions, RunHandle, RunStatus,
+    StartOptions,
+};
+
+use crate::convert::{bytes_map, checkpoint_dict, node_spec, state_dict, NodeSpecTuple};
+use crate::errors::{to_py, GraphError};
+use crate::executor::{live_values, PyExecutor};
+use crate::gil::{detached, wait_run};
+
+/// A validated workflow graph.
+#[pyclass(module = "resumeflow._core", name = "CoreGraph", frozen)]
+pub struct PyGraph {
+    graph: Arc<Graph>,
+}
+
+#[pymethods]
+impl PyGraph {
+    /// Validates `nodes` (tuples built by `rf.Workflow`); raises `GraphError`.
+    #[new]
+    fn new(name: String, nodes: Vec<NodeSpecTuple>) -> PyResult<Self> {
+        let specs = nodes
+            .into_iter()
+            .map(node_spec)
+            .collect::<PyResult<Vec<_>>>()?;
+        let graph = Graph::new(name, specs).map_err(|e| GraphError::new_err(e.to_string()))?;
+        Ok(Self {
+            graph: Arc::new(graph),
+        })
+    }
+
+    /// Node ids in topological order.
+    fn node_ids(&self) -> Vec<String> {
+        self.graph
+            .node_ids()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Stable hash of the node ids and wiring.
+    fn structural_hash(&self) -> String {
+        self.graph.structural_hash()
+    }
+}
+
+/// A run executing in the background.
+#[pyclass(module = "resumeflow._core", name = "CoreRun", frozen)]
+pub struct PyRun {
+    handle: RunHandle,
+}
+
+#[pymethods]
+impl PyRun {
+    #[getter]
+    fn id(&self) -> &str {
+        self.handle.id()
+    }
+
+    /// Waits for the run to stop; returns `(state_dict, live_values)` or None on timeout.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<(Py<PyDict>, Py<PyDict>)>> {
+        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        let Some(outcome) = wait_run(py, &self.handle, timeout)? else {
+            return Ok(None);
+        };
+        let state = outcome.state.map_err(to_py)?;
+        Ok(Some((
+            state_dict(py, &state)?.unbind(),
+            live_values(py, &outcome.live_values)?,
+        )))
+    }
+
+    fn done(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Finishes in-flight nodes, then pauses.
+    fn interrupt(&self) {
+        self.handle.interrupt();
+    }
+
+    /// Abandons in-flight nodes and cancels the run.
+    fn cancel(&self) {
+        self.handle.cancel();
+    }
+}
+
+/// The engine on one store file.
+#[pyclass(module = "resumeflow._core", name = "CoreEngine", frozen)]
+pub struct PyEngine {
+    engine: Engine,
+}
+
+fn executor(runner: Py<PyAny>) -> Arc<dyn NodeExecutor> {
+    Arc::new(PyExecutor::new(runner))
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (path, max_concurrency=None, durability="sync", resources=None, lease_seconds=30.0))]
+    fn new(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        max_concurrency: Option<usize>,
+        durability: &str,
+        resources: Option<BTreeMap<String, u32>>,
+        lease_seconds: f64,
+    ) -> PyResult<Self> {
+        if max_concurrency == Some(0) {
+            return Err(to_py(resumeflow_core::Error::InvalidArgument {
+                field: "max_concurrency".into(),
+                message: "must be at least 1, or None for no limit".into(),
+            }));
+        }
+        if !(lease_seconds.is_finite() && lease_seconds > 0.0) {
+            return Err(to_py(resumeflow_core::Error::InvalidArgument {
+                field: "lease_seconds".into(),
+                message: format!("must be a positive number of seconds, got {lease_seconds}"),
+            }));
+        }
+        let options = EngineOptions {
+            max_concurrency,
+            durability: Durability::parse(durability).map_err(to_py)?,
+            resources: resources.unwrap_or_default(),
+            lease_ttl: Duration::from_secs_f64(lease_seconds),
+        };
+        let engine = detached(py, || Engine::open(&path, options))?;
+        Ok(Self { engine })
+    }
+
+    #[getter]
+    fn owner(&self) -> &str {
+        self.engine.owner()
+    }
+
+    #[pyo3(signature = (graph, runner, inputs, run_id=None, until=None, labels=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        py: Python<'_>,
+        graph: &PyGraph,
+        runner: Py<PyAny>,
+        inputs: &Bound<'_, PyDict>,
+        run_id: Option<String>,
+        until: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> PyResult<PyRun> {
+        let inputs = bytes_map(Some(inputs))?;
+        let graph = graph.graph.clone();
+        let exec = executor(runner);
+        let options = StartOptions {
+            run_id,
+            until,
+            labels: labels.unwrap_or_default(),
+        };
+        let handle = detached(py, || self.engine.start(graph, exec, inputs, options))?;
+        Ok(PyRun { handle })
+    }
+
+    #[pyo3(signature = (run_id, graph, runner, checkpoint_id=None, updates=None, rerun=None, until=None, allow_mismatch=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn resume(
+        &self,
+        py: Python<'_>,
+        run_id: String,
+        graph: &PyGraph,
+        runner: Py<PyAny>,
+        checkpoint_id: Option<i64>,
+        updates: Option<&Bound<'_, PyDict>>,
+        rerun: Option<Vec<String>>,
+        until: Option<String>,
+        allow_mismatch: bool,
+    ) -> PyResult<PyRun> {
+        let options = ResumeOptions {
+            checkpoint_id,
+            updates: bytes_map(updates)?,
+            rerun: rerun.unwrap_or_default(),
+            until,
+            allow_mismatch,
+        };
+        let graph = graph.graph.clone();
+        let exec = executor(runner);
+        let handle = detached(py, || self.engine.resume(&run_id, graph, exec, options))?;
+        Ok(PyRun { handle })
+    }
+
+    fn get_current_state<'py>(
+        &self,
+        py: Python<'py>,
+        run_id: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let state = detached(py, || self.engine.get_current_state(run_id))?;
+        state_dict(py, &state)
+    }
+
+    fn get_partial_results<'py>(
+        &self,
+        py: Python<'py>,
+        run_id: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let values = detached(py, || self.engine.get_partial_results(run_id))?;
+        let d = PyDict::new(py);
+        for (k, v) in values {
+            d.set_item(k, PyBytes::new(py, &v))?;
+        }
+        Ok(d)
+    }
+
+    /// Loads a stored value by `(hash, size)` as found in a node state's `output`.
+    fn load_value<'py>(
+        &self,
+        py: Python<'py>,
+        hash: &Bound<'py, PyBytes>,
+        size: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let value = resumeflow_core::ValueRef {
+            hash: hash.as_bytes().to_vec(),
+            size,
+        };
+        let bytes = detached(py, || self.engine.load_value(&value))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    fn save_partial_state(
+        &self,
+        py: Python<'_>,
+        run_id: &str,
+        node_id: &str,
+        state: &Bound<'_, PyBytes>,
+    ) -> PyResult<()> {
+        let bytes = state.as_bytes().to_vec();
+        detached(py, || {
+            self.engine.save_partial_state(run_id, node_id, bytes)
+        })
+    }
+
+    fn get_partial_state<'py>(
+        &self,
+        py: Python<'py>,
+        run_id: &str,
+        node_id: &str,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let state = detached(py, || self.engine.get_partial_state(run_id, node_id))?;
+        Ok(state.map(|b| PyBytes::new(py, &b)))
+    }
+
+    fn history<'py>(&self, py: Python<'py>, run_id: &str) -> PyResult<Bound<'py, PyList>> {
+        let history = detached(py, || self.engine.history(run_id))?;
+        let list = PyList::empty(py);
+        for cp in &history {
+            list.append(checkpoint_dict(py, cp)?)?;
+        }
+        Ok(list)
+    }
+
+    /// The run's events as `(seq, at, kind, node_id)` tuples, oldest first.
+    fn events(
+        &self,
+        py: Python<'_>,
+        run_id: &str,
+    ) -> PyResult<Vec<(i64, f64, String, Option<String>)>> {
+        let events = detached(py, || self.engine.events(run_id))?;
+        Ok(events
+            .into_iter()
+            .map(|e| {
+                (
+                    e.seq,
+                    e.at,
+                    e.kind.name().to_string(),
+                    e.kind.node().map(str::to_string),
+                )
+            })
+            .collect())
+    }
+
+    #[pyo3(signature = (run_id=None, keep_last=1, older_than=None))]
+    fn cleanup(
+        &self,
+        py: Python<'_>,
+        run_id: Option<String>,
+        keep_last: i64,
+        older_than: Option<f64>,
+    ) -> PyResult<usize> {
+        if keep_last < 1 {
+            return Err(to_py(resumeflow_core::Error::InvalidArgument {
+                field: "keep_last".into(),
+                message: format!("must be at least 1 (a run's newest checkpoint is always kept), got {keep_last}"),
+            }));
+        }
+        detached(py, || {
+            self.engine
+                .cleanup(run_id.as_deref(), keep_last as usize, older_than)
+        })
+    }
+
+    #[pyo3(signature = (status=None))]
+    fn list_runs<'py>(
+        &self,
+        py: Python<'py>,
+        status: Option<&str>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let status = status
+            .map(|s| {
+                RunStatus::parse(s).ok_or_else(|| {
+                    to_py(resumeflow_core::Error::InvalidArgument {
+                        field: "status".into(),
+                        message: format!("{s:?} is not a run status"),
+                    })
+                })
+            })
+            .transpose()?;
+        let runs = detached(py, || self.engine.list_runs(status))?;
+        let list = PyList::empty(py);
+        for run in &runs {
+            list.append(state_dict(py, run)?)?;
+        }
+        Ok(list)
+    }
+
+    /// Resumes crashed runs; `workflows` maps a workflow name to `(CoreGraph, runner)`.
+    fn recover(&self, py: Python<'_>, workflows: &Bound<'_, PyDict>) -> PyResult<Vec<PyRun>> {
+        let mut known: BTreeMap<String, (Arc<Graph>, Arc<dyn NodeExecutor>)> = BTreeMap::new();
+        for (name, pair) in workflows.iter() {
+            let (graph, runner): (PyRef<'_, PyGraph>, Py<PyAny>) = pair.extract()?;
+            known.insert(name.extract()?, (graph.graph.clone(), executor(runner)));
+        }
+        let handles = detached(py, || self.engine.recover(|name| known.get(name).cloned()))?;
+        Ok(handles.into_iter().map(|handle| PyRun { handle }).collect())
+    }
+
+    /// Ids of the runs this engine is executing now.
+    fn active_runs(&self) -> Vec<String> {
+        self.engine
+            .active_runs()
+            .iter()
+            .map(|h| h.id().to_string())
+            .collect()
+    }
+
+    /// Interrupts active runs, waits for them to pause, closes the store.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.engine.close());
+    }
+}

@@ -1,0 +1,277 @@
+"""The value codec: msgpack with extension frames for tensors and arrays. No pickle by default.
+
+Encodable: None, bool, int, float, str, bytes, lists, tuples, dicts with str keys, numpy
+arrays, torch tensors (any dtype incl. bf16/fp8, non-contiguous, GPU), dicts of tensors (stored
+in the safetensors layout), and types with a registered codec. Anything else raises
+``SerializationError`` naming the node, the key path and the type.
+
+>>> decode(encode({"a": [1, (2, 3)]}))
+{'a': [1, (2, 3)]}
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from ._core import SerializationError
+
+# Extension type codes.
+_EXT_TUPLE = 1
+_EXT_NDARRAY = 2
+_EXT_TENSOR = 3
+_EXT_SAFETENSORS = 4
+_EXT_CUSTOM = 5
+_EXT_PICKLE = 6
+_EXT_BIGINT = 7
+
+_custom_by_type: dict[type, tuple[str, Callable[[Any], bytes]]] = {}
+_custom_by_name: dict[str, Callable[[bytes], Any]] = {}
+_pickle_enabled = False
+
+
+def register_codec(
+    cls: type, name: str, encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]
+) -> None:
+    """Teaches the codec a type: ``encode(obj) -> bytes`` and ``decode(bytes) -> obj``.
+
+    >>> import fractions
+    >>> register_codec(fractions.Fraction, "fraction", lambda f: str(f).encode(),
+    ...                lambda b: fractions.Fraction(b.decode()))
+    >>> decode(encode(fractions.Fraction(1, 3)))
+    Fraction(1, 3)
+    """
+    _custom_by_type[cls] = (name, encode)
+    _custom_by_name[name] = decode
+
+
+def enable_pickle(enabled: bool = True) -> None:
+    """Allows pickle for otherwise unencodable values (off by default: unpickling runs code).
+
+    >>> enable_pickle(False)
+    """
+    global _pickle_enabled
+    _pickle_enabled = enabled
+
+
+class _Unencodable(Exception):
+    def __init__(self, path: str, obj: Any, why: str = "") -> None:
+        super().__init__(path)
+        self.path = path
+        self.obj = obj
+        self.why = why
+
+
+# --- tensors -----------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "complex64": "C64",
+}
+_TORCH_BY_SAFETENSORS = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
+def _is_tensor(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def _is_ndarray(obj: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(obj, np.ndarray)
+
+
+def _tensor_bytes(t: Any, path: str) -> tuple[str, list[int], str, bytes]:
+    import torch
+
+    if t.is_sparse or t.is_quantized or getattr(t, "is_nested", False):
+        raise _Unencodable(path, t, "sparse, quantized and nested tensors are not supported")
+    device = str(t.device)
+    host = t.detach().resolve_conj().resolve_neg().contiguous().cpu()
+    dtype = str(host.dtype).removeprefix("torch.")
+    shape = list(host.shape)
+    if host.numel() == 0:
+        return dtype, shape, device, b""
+    raw = host.reshape(-1).view(torch.uint8).numpy().tobytes()
+    return dtype, shape, device, raw
+
+
+def _tensor_from(dtype: str, shape: list[int], device: str, raw: bytes) -> Any:
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    if not raw:
+        t = torch.empty(shape, dtype=torch_dtype)
+    else:
+        t = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(torch_dtype).reshape(shape)
+    if device != "cpu":
+        kind = device.split(":")[0]
+        backend = getattr(torch, kind, None)
+        if backend is not None and hasattr(backend, "is_available") and backend.is_available():
+            t = t.to(device)
+    return t
+
+
+def _safetensors_pack(tensors: dict[str, Any], path: str) -> bytes:
+    header: dict[str, Any] = {}
+    devices: dict[str, str] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for key, t in tensors.items():
+        dtype, shape, device, raw = _tensor_bytes(t, f"{path}[{key!r}]")
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise _Unencodable(f"{path}[{key!r}]", t, f"dtype {dtype} has no safetensors name")
+        header[key] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": shape,
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        devices[key] = device
+        chunks.append(raw)
+        offset += len(raw)
+    header["__metadata__"] = {"resumeflow.devices": json.dumps(devices)}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob + b"".join(chunks)
+
+
+def _safetensors_unpack(data: bytes) -> dict[str, Any]:
+    (n,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", {}) or {}
+    devices = json.loads(meta.get("resumeflow.devices", "{}"))
+    base = 8 + n
+    out: dict[str, Any] = {}
+    for key, info in header.items():
+        start, end = info["data_offsets"]
+        dtype = _TORCH_BY_SAFETENSORS[info["dtype"]]
+        out[key] = _tensor_from(dtype, info["shape"], devices.get(key, "cpu"), data[base + start : base + end])
+    return out
+
+
+def _is_tensor_dict(obj: dict[Any, Any]) -> bool:
+    return bool(obj) and all(isinstance(k, str) for k in obj) and all(_is_tensor(v) for v in obj.values())
+
+
+# --- walk ----------------------------------------------------------------------------------
+
+
+def _prepare(obj: Any, path: str) -> Any:
+    """Turns ``obj`` into msgpack-native values and ExtTypes, checking every type."""
+    if obj is None or isinstance(obj, (bool, float, str, bytes)):
+        return obj
+    if isinstance(obj, int):
+        if -(2**63) <= obj < 2**64:
+            return obj
+        return msgpack.ExtType(_EXT_BIGINT, str(obj).encode())
+    if isinstance(obj, list):
+        return [_prepare(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        items = [_prepare(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        return msgpack.ExtType(_EXT_TUPLE, msgpack.packb(items, use_bin_type=True))
+    if isinstance(obj, dict):
+        if _is_tensor_dict(obj):
+            return msgpack.ExtType(_EXT_SAFETENSORS, _safetensors_pack(obj, path))
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise _Unencodable(f"{path}[{k!r}]", k, "dict keys must be str")
+            out[k] = _prepare(v, f"{path}[{k!r}]")
+        return out
+    if _is_tensor(obj):
+        dtype, shape, device, raw = _tensor_bytes(obj, path)
+        return msgpack.ExtType(_EXT_TENSOR, msgpack.packb([dtype, shape, device, raw], use_bin_type=True))
+    if _is_ndarray(obj):
+        import numpy as np
+
+        if obj.dtype.hasobject:
+            raise _Unencodable(path, obj, "numpy arrays of Python objects are not supported")
+        arr = np.ascontiguousarray(obj)
+        return msgpack.ExtType(
+            _EXT_NDARRAY,
+            msgpack.packb([arr.dtype.str, list(arr.shape), arr.tobytes()], use_bin_type=True),
+        )
+    codec = _custom_by_type.get(type(obj))
+    if codec is not None:
+        name, enc = codec
+        return msgpack.ExtType(_EXT_CUSTOM, msgpack.packb([name, enc(obj)], use_bin_type=True))
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, np.generic):
+        return _prepare(obj.item(), path)
+    if _pickle_enabled:
+        import pickle
+
+        return msgpack.ExtType(_EXT_PICKLE, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    raise _Unencodable(path, obj)
+
+
+def encode(obj: Any, *, node: str | None = None, what: str = "output") -> bytes:
+    """Encodes a value; raises ``SerializationError`` naming node, key path and type.
+
+    >>> decode(encode([1.5, None, b"x"]))
+    [1.5, None, b'x']
+    """
+    try:
+        return msgpack.packb(_prepare(obj, what), use_bin_type=True)
+    except _Unencodable as e:
+        where = f"node {node!r}: " if node else ""
+        why = f" ({e.why})" if e.why else ""
+        raise SerializationError(
+            f"{where}cannot encode {e.path} of type {type(e.obj).__module__}.{type(e.obj).__qualname__}"
+            f"{why}; return None, bool, int, float, str, bytes, lists, tuples, dicts with str keys, "
+            "numpy arrays, torch tensors, or register a codec with resumeflow.register_codec"
+        ) from None
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_TUPLE:
+        return tuple(msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False))
+    if code == _EXT_NDARRAY:
+        import numpy as np
+
+        dtype, shape, raw = msgpack.unpackb(data, raw=False)
+        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+    if code == _EXT_TENSOR:
+        dtype, shape, device, raw = msgpack.unpackb(data, raw=False)
+        return _tensor_from(dtype, shape, device, raw)
+    if code == _EXT_SAFETENSORS:
+        return _safetensors_unpack(data)
+    if code == _EXT_CUSTOM:
+        name, payload = msgpack.unpackb(data, raw=False)
+        if name not in _custom_by_name:
+            raise SerializationError(f"no codec registered under {name!r}; call resumeflow.register_codec first")
+        return _custom_by_name[name](payload)
+    if code == _EXT_BIGINT:
+        return int(data.decode())
+    if code == _EXT_PICKLE:
+        if not _pickle_enabled:
+            raise SerializationError(
+                "this value was stored with pickle; call resumeflow.enable_pickle() to load it "
+                "(only for stores you trust)"
+            )
+        import pickle
+
+        return pickle.loads(data)
+    raise SerializationError(f"unknown extension type {code} in a stored value")
+
+
+def decode(data: bytes) -> Any:
+    """Decodes bytes made by :func:`encode`.
+
+    >>> decode(encode("hi"))
+    'hi'
+    """
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except SerializationError:
+        raise
+    except Exception as e:  # corrupt or foreign bytes
+        raise SerializationError(f"cannot decode a stored value: {type(e).__name__}: {e}") from None

@@ -1,0 +1,103 @@
+"""Runs node callables for the engine: binds inputs, calls sync, async and generator nodes,
+encodes outputs and classifies failures. Called from engine worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from . import _codec
+from ._context import NodeContext
+from ._failures import before_oom_retry, is_oom
+from ._workflow import Workflow
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """One asyncio loop on a daemon thread runs every ``async def`` node."""
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="resumeflow-asyncio", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+async def _collect_async(agen: Any) -> list[Any]:
+    return [item async for item in agen]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__qualname__
+    return f"{name}: {text}" if text else name
+
+
+class Runner:
+    """The callable the core invokes for each attempt of a node of ``workflow``."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+
+    def __call__(
+        self,
+        node_id: str,
+        attempt: int,
+        inputs: list[tuple[str, Any, bytes | None]],
+        inputs_override: bytes | None,
+        core_ctx: Any,
+    ) -> tuple[Any, ...]:
+        node = self.workflow[node_id]
+        kwargs: dict[str, Any] = {}
+        try:
+            for param, live, raw in inputs:
+                kwargs[param] = live if raw is None else _codec.decode(raw)
+            override = _codec.decode(inputs_override) if inputs_override else {}
+            kwargs.update(override)
+            for name in node.context_params:
+                kwargs[name] = NodeContext(core_ctx)
+            result = self._call(node, kwargs)
+            encoded = _codec.encode(result, node=node_id)
+            return (True, encoded, result)
+        except BaseException as exc:  # noqa: BLE001 - every failure is recorded, even SystemExit
+            return self._failure(node, kwargs, exc)
+
+    @staticmethod
+    def _call(node: Any, kwargs: dict[str, Any]) -> Any:
+        if node.is_async:
+            return asyncio.run_coroutine_threadsafe(node.fn(**kwargs), _event_loop()).result()
+        if node.is_async_generator:
+            return asyncio.run_coroutine_threadsafe(_collect_async(node.fn(**kwargs)), _event_loop()).result()
+        if node.is_generator:
+            return list(node.fn(**kwargs))
+        return node.fn(**kwargs)
+
+    @staticmethod
+    def _failure(node: Any, kwargs: dict[str, Any], exc: BaseException) -> tuple[Any, ...]:
+        from ._core import SerializationError
+
+        if isinstance(exc, SerializationError):
+            return (False, _describe(exc), False, None, None)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) or not isinstance(exc, Exception):
+            # A node that exits or raises BaseException fails; the engine keeps running.
+            return (False, _describe(exc), False, None, None)
+        try:
+            retryable = node.retry.classify(exc)
+        except Exception as classify_error:  # a broken retry_on predicate
+            return (False, f"{_describe(exc)} (retry_on raised {_describe(classify_error)})", False, None, None)
+        peak = None
+        next_override = None
+        if is_oom(exc):
+            peak = before_oom_retry(exc)
+            if node.on_oom is not None and node.on_oom.param in kwargs:
+                current = kwargs[node.on_oom.param]
+                try:
+                    new = {node.on_oom.param: node.on_oom.next_value(current)}
+                    next_override = _codec.encode(new, node=node.id, what="inputs_override")
+                except Exception:  # keep the OOM as the reported failure
+                    next_override = None
+        return (False, _describe(exc), retryable, peak, next_override)

@@ -1,0 +1,117 @@
+"""What callers read about runs: RunState, NodeState, Checkpoint."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _codec
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node of a run: status, durable attempt count, last error."""
+
+    status: str
+    attempt: int
+    error: str | None
+    retryable: bool | None
+    started_at: float | None
+    finished_at: float | None
+    inputs_override: dict[str, Any] = field(default_factory=dict)
+    peak_memory: int | None = None
+
+    @classmethod
+    def _from_core(cls, d: dict[str, Any]) -> NodeState:
+        raw = d["inputs_override"]
+        return cls(
+            status=d["status"],
+            attempt=d["attempt"],
+            error=d["error"],
+            retryable=d["retryable"],
+            started_at=d["started_at"],
+            finished_at=d["finished_at"],
+            inputs_override=_codec.decode(raw) if raw else {},
+            peak_memory=d["peak_memory"],
+        )
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run as of its latest committed step."""
+
+    run_id: str
+    workflow: str
+    status: str
+    nodes: dict[str, NodeState]
+    completed: list[str]
+    pending: list[str]
+    values: dict[str, Any]
+    checkpoint_id: int | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def _from_core(cls, d: dict[str, Any], values: dict[str, Any]) -> RunState:
+        nodes = {k: NodeState._from_core(v) for k, v in d["nodes"].items()}
+        order = d["node_order"]
+        completed = [n for n in order if n in nodes and nodes[n].status == "completed"]
+        return cls(
+            run_id=d["run_id"],
+            workflow=d["workflow"],
+            status=d["status"],
+            nodes=nodes,
+            completed=completed,
+            pending=[n for n in order if n in nodes and nodes[n].status != "completed"],
+            values=values,
+            checkpoint_id=d["checkpoint_id"],
+            error=d["error"],
+            created_at=d["created_at"],
+            updated_at=d["updated_at"],
+            labels=dict(d.get("labels") or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict keyed by the attribute names (values left as they are)."""
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "status": self.status,
+            "nodes": {k: vars(v) for k, v in self.nodes.items()},
+            "completed": self.completed,
+            "pending": self.pending,
+            "values": self.values,
+            "checkpoint_id": self.checkpoint_id,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A durable, numbered point in a run's history."""
+
+    checkpoint_id: int
+    parent_id: int | None
+    run_id: str
+    created_at: float
+    completed: list[str]
+    kind: str = "completed"
+
+    @classmethod
+    def _from_core(cls, d: dict[str, Any]) -> Checkpoint:
+        return cls(
+            checkpoint_id=d["checkpoint_id"],
+            parent_id=d["parent_id"],
+            run_id=d["run_id"],
+            created_at=d["created_at"],
+            completed=list(d["completed"]),
+            kind=d["kind"],
+        )
+
+    @property
+    def created(self) -> _dt.datetime:
+        """``created_at`` as an aware UTC datetime."""
+        return _dt.datetime.fromtimestamp(self.created_at, tz=_dt.timezone.utc)
