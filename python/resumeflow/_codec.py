@@ -1,6 +1,6 @@
 """The value codec: msgpack with extension frames for tensors and arrays. No pickle by default.
 
-Encodable: None, bool, int, float, str, bytes, lists, tuples, dicts with str keys, numpy
+Encodable: None, bool, int, float, str, bytes, lists, tuples, dicts with str (or int) keys, numpy
 arrays, torch tensors (any dtype incl. bf16/fp8, non-contiguous, GPU), dicts of tensors (stored
 in the safetensors layout), and types with a registered codec. Anything else raises
 ``SerializationError`` naming the node, the key path and the type.
@@ -182,8 +182,8 @@ def _prepare(obj: Any, path: str) -> Any:
             return msgpack.ExtType(_EXT_SAFETENSORS, _safetensors_pack(obj, path))
         out = {}
         for k, v in obj.items():
-            if not isinstance(k, str):
-                raise _Unencodable(f"{path}[{k!r}]", k, "dict keys must be str")
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise _Unencodable(f"{path}[{k!r}]", k, "dict keys must be str or int")
             out[k] = _prepare(v, f"{path}[{k!r}]")
         return out
     if _is_tensor(obj):

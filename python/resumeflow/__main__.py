@@ -1,0 +1,5 @@
+"""``python -m resumeflow``: the command line."""
+
+from .cli import entry
+
+entry()
