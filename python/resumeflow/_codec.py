@@ -194,7 +194,7 @@ def _prepare(obj: Any, path: str) -> Any:
 
         if obj.dtype.hasobject:
             raise _Unencodable(path, obj, "numpy arrays of Python objects are not supported")
-        arr = np.ascontiguousarray(obj)
+        arr = obj if obj.flags.c_contiguous else np.array(obj, order="C")
         return msgpack.ExtType(
             _EXT_NDARRAY,
             msgpack.packb([arr.dtype.str, list(arr.shape), arr.tobytes()], use_bin_type=True),

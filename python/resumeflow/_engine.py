@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import _codec
+from . import _codec, _workers
 from ._core import CoreEngine, CoreRun, RunFailed
 from ._runner import Runner
 from ._state import Checkpoint, RunState
@@ -102,6 +102,7 @@ class Engine:
         lease_seconds: float = 30.0,
     ) -> None:
         self.path = os.fspath(path)
+        _workers.ensure_started()
         self._core = CoreEngine(
             self.path,
             max_concurrency=max_concurrency,

@@ -170,6 +170,8 @@ class Shrink:
             raise TypeError(
                 f"on_oom shrink of {self.param!r} needs a number, got {type(current).__name__}"
             )
+        if isinstance(current, float):
+            return max(float(self.minimum), current * self.factor)
         return max(self.minimum, int(current * self.factor))
 
 

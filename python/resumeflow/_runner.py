@@ -4,6 +4,7 @@ encodes outputs and classifies failures. Called from engine worker threads."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from typing import Any
 
@@ -35,6 +36,16 @@ def _describe(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__qualname__
     return f"{name}: {text}" if text else name
+
+
+def _effective(node: Any, kwargs: dict[str, Any], param: str) -> Any:
+    """The value a parameter had in this attempt: passed in, or its default."""
+    if param in kwargs:
+        return kwargs[param]
+    for p in node.params:
+        if p.name == param and p.default is not inspect.Parameter.empty:
+            return p.default
+    return None
 
 
 class Runner:
@@ -93,8 +104,8 @@ class Runner:
         next_override = None
         if is_oom(exc):
             peak = before_oom_retry(exc)
-            if node.on_oom is not None and node.on_oom.param in kwargs:
-                current = kwargs[node.on_oom.param]
+            current = _effective(node, kwargs, node.on_oom.param) if node.on_oom else None
+            if node.on_oom is not None and current is not None:
                 try:
                     new = {node.on_oom.param: node.on_oom.next_value(current)}
                     next_override = _codec.encode(new, node=node.id, what="inputs_override")

@@ -1,7 +1,10 @@
-//! The Python side of `NodeExecutor`: each attempt runs on a blocking-pool thread that takes
-//! the GIL only to call the workflow's runner (torch ops inside release it again).
+//! The Python side of `NodeExecutor`: attempts queue up for a pool of Python worker threads,
+//! which hold the GIL only while they call node code (torch ops inside release it again).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -9,9 +12,42 @@ use resumeflow_core::{
     LiveObject, NodeContext, NodeExecutor, NodeFailure, NodeFuture, NodeOutput, NodeTask, NodeValue,
 };
 
+use tokio::sync::oneshot;
+
 use crate::gil::detached;
 
-/// Calls `runner(node_id, attempt, inputs, inputs_override, ctx)`, which returns
+/// Node attempts wait here until a Python worker thread takes them.
+///
+/// The threads that call node code are Python threads (`resumeflow._workers`), not Rust
+/// threads: at interpreter exit CPython stops its own daemon threads cleanly, whereas a Rust
+/// thread holding the GIL during finalization would crash the process.
+struct TaskQueue {
+    tx: Mutex<Sender<Queued>>,
+    rx: Mutex<Receiver<Queued>>,
+    idle: AtomicUsize,
+    closed: AtomicBool,
+}
+
+struct Queued {
+    runner: Arc<Py<PyAny>>,
+    task: NodeTask,
+    reply: oneshot::Sender<Result<NodeOutput, NodeFailure>>,
+}
+
+fn queue() -> &'static TaskQueue {
+    static QUEUE: OnceLock<TaskQueue> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        TaskQueue {
+            tx: Mutex::new(tx),
+            rx: Mutex::new(rx),
+            idle: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        }
+    })
+}
+
+/// Hands each attempt to the Python worker pool and awaits the runner's result, which is
 /// `(True, encoded: bytes, live_object)` or
 /// `(False, error: str, retryable: bool, peak_memory: int | None, next_override: bytes | None)`.
 pub struct PyExecutor {
@@ -26,46 +62,46 @@ impl PyExecutor {
     }
 }
 
+impl NodeExecutor for PyExecutor {
+    fn execute(&self, task: NodeTask) -> NodeFuture {
+        let queue = queue();
+        if queue.closed.load(Ordering::SeqCst) {
+            // The interpreter is exiting: behave like a crash (nothing recorded; the run
+            // stays resumable) rather than failing the node.
+            return Box::pin(std::future::pending());
+        }
+        let (reply, rx) = oneshot::channel();
+        let node_id = task.node_id.clone();
+        let sent = queue.tx.lock().expect("queue lock").send(Queued {
+            runner: self.runner.clone(),
+            task,
+            reply,
+        });
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(NodeFailure::fatal(format!("node {node_id:?}: the worker queue is closed")));
+            }
+            match rx.await {
+                Ok(result) => result,
+                Err(_) if queue.closed.load(Ordering::SeqCst) => std::future::pending().await,
+                Err(_) => Err(NodeFailure::fatal(format!(
+                    "node {node_id:?}: the worker thread dropped the task without a result"
+                ))),
+            }
+        })
+    }
+}
+
 fn live_of(py: Python<'_>, obj: &LiveObject) -> Option<Py<PyAny>> {
     obj.downcast_ref::<Py<PyAny>>().map(|o| o.clone_ref(py))
 }
 
-fn call_runner(
-    py: Python<'_>,
-    runner: &Py<PyAny>,
-    task: NodeTask,
-) -> PyResult<Result<NodeOutput, NodeFailure>> {
-    let inputs = PyList::empty(py);
-    for (param, value) in &task.inputs {
-        let item = match value {
-            NodeValue::Live(obj) => (param.as_str(), live_of(py, obj), None::<Bound<'_, PyBytes>>),
-            NodeValue::Bytes(b) => (param.as_str(), None, Some(PyBytes::new(py, b))),
-        };
-        inputs.append(item)?;
-    }
-    let override_bytes = task.inputs_override.as_ref().map(|b| PyBytes::new(py, b));
-    let ctx = Py::new(
-        py,
-        PyNodeContext {
-            inner: task.context,
-        },
-    )?;
-    let result = runner.bind(py).call1((
-        task.node_id.as_str(),
-        task.attempt,
-        inputs,
-        override_bytes,
-        ctx,
-    ))?;
+fn parse_result(result: &Bound<'_, PyAny>) -> PyResult<Result<NodeOutput, NodeFailure>> {
     let result = result.cast::<PyTuple>()?;
     if result.get_item(0)?.extract::<bool>()? {
         let bytes = result.get_item(1)?.cast::<PyBytes>()?.as_bytes().to_vec();
-        let live: Py<PyAny> = result.get_item(2)?.unbind();
-        let live: LiveObject = Arc::new(live);
-        Ok(Ok(NodeOutput {
-            bytes,
-            live: Some(live),
-        }))
+        let live: LiveObject = Arc::new(result.get_item(2)?.unbind());
+        Ok(Ok(NodeOutput { bytes, live: Some(live) }))
     } else {
         Ok(Err(NodeFailure {
             error: result.get_item(1)?.extract()?,
@@ -79,27 +115,76 @@ fn call_runner(
     }
 }
 
-impl NodeExecutor for PyExecutor {
-    fn execute(&self, task: NodeTask) -> NodeFuture {
-        let runner = self.runner.clone();
-        Box::pin(async move {
-            let node_id = task.node_id.clone();
-            let joined = tokio::task::spawn_blocking(move || {
-                Python::attach(|py| {
-                    call_runner(py, &runner, task).unwrap_or_else(|e| {
-                        // The runner itself raised (it catches node exceptions): report it.
-                        Err(NodeFailure::fatal(format!("resumeflow runner error: {e}")))
-                    })
-                })
-            })
-            .await;
-            joined.unwrap_or_else(|e| {
-                Err(NodeFailure::fatal(format!(
-                    "worker thread for node {node_id:?} failed: {e}"
-                )))
-            })
-        })
+/// One attempt handed to a Python worker thread.
+#[pyclass(module = "resumeflow._core", name = "CoreTask", frozen)]
+pub struct PyTask {
+    queued: Mutex<Option<Queued>>,
+    #[pyo3(get)]
+    node_id: String,
+    #[pyo3(get)]
+    attempt: u32,
+}
+
+#[pymethods]
+impl PyTask {
+    /// Calls the workflow's runner for this attempt and delivers its result to the engine.
+    fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(queued) = self.queued.lock().expect("task lock").take() else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("task already ran"));
+        };
+        let Queued { runner, task, reply } = queued;
+        let inputs = PyList::empty(py);
+        for (param, value) in &task.inputs {
+            let item = match value {
+                NodeValue::Live(obj) => (param.as_str(), live_of(py, obj), None::<Bound<'_, PyBytes>>),
+                NodeValue::Bytes(b) => (param.as_str(), None, Some(PyBytes::new(py, b))),
+            };
+            inputs.append(item)?;
+        }
+        let override_bytes = task.inputs_override.as_ref().map(|b| PyBytes::new(py, b));
+        let ctx = Py::new(py, PyNodeContext { inner: task.context })?;
+        let outcome = runner
+            .bind(py)
+            .call1((task.node_id.as_str(), task.attempt, inputs, override_bytes, ctx))
+            .and_then(|r| parse_result(&r))
+            .unwrap_or_else(|e| Err(NodeFailure::fatal(format!("resumeflow runner error: {e}"))));
+        let _ = reply.send(outcome);
+        Ok(())
     }
+}
+
+/// Waits (GIL released) up to `timeout` seconds for an attempt to run; None if none came
+/// or the pool is shutting down.
+#[pyfunction]
+pub fn next_task(py: Python<'_>, timeout: f64) -> Option<PyTask> {
+    let queue = queue();
+    if queue.closed.load(Ordering::SeqCst) {
+        return None;
+    }
+    queue.idle.fetch_add(1, Ordering::SeqCst);
+    let got = py.detach(|| {
+        let rx = queue.rx.lock().expect("queue lock");
+        rx.recv_timeout(Duration::from_secs_f64(timeout.max(0.0))).ok()
+    });
+    queue.idle.fetch_sub(1, Ordering::SeqCst);
+    got.map(|queued| PyTask {
+        node_id: queued.task.node_id.clone(),
+        attempt: queued.task.attempt,
+        queued: Mutex::new(Some(queued)),
+    })
+}
+
+/// Worker threads waiting for work right now.
+#[pyfunction]
+pub fn idle_workers() -> usize {
+    queue().idle.load(Ordering::SeqCst)
+}
+
+/// Stops handing out work (interpreter exit): waiting workers return None; attempts not yet
+/// taken are left unrecorded, as after a crash.
+#[pyfunction]
+pub fn shutdown_workers() {
+    queue().closed.store(true, Ordering::SeqCst);
 }
 
 /// The core side of `rf.NodeContext`: saves and loads a node's partial state (bytes).
