@@ -203,8 +203,8 @@ def _prepare(obj: Any, path: str) -> Any:
     if codec is not None:
         name, enc = codec
         return msgpack.ExtType(_EXT_CUSTOM, msgpack.packb([name, enc(obj)], use_bin_type=True))
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(obj, np.generic):
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(obj, numpy.generic):
         return _prepare(obj.item(), path)
     if _pickle_enabled:
         import pickle

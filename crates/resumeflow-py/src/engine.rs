@@ -16,6 +16,9 @@ use crate::errors::{to_py, GraphError};
 use crate::executor::{live_values, PyExecutor};
 use crate::gil::{detached, wait_run};
 
+/// `(seq, at, kind, node_id)` of one event.
+type EventRow = (i64, f64, String, Option<String>);
+
 /// A validated workflow graph.
 #[pyclass(module = "resumeflow._core", name = "CoreGraph", frozen)]
 pub struct PyGraph {
@@ -268,11 +271,7 @@ impl PyEngine {
     }
 
     /// The run's events as `(seq, at, kind, node_id)` tuples, oldest first.
-    fn events(
-        &self,
-        py: Python<'_>,
-        run_id: &str,
-    ) -> PyResult<Vec<(i64, f64, String, Option<String>)>> {
+    fn events(&self, py: Python<'_>, run_id: &str) -> PyResult<Vec<EventRow>> {
         let events = detached(py, || self.engine.events(run_id))?;
         Ok(events
             .into_iter()

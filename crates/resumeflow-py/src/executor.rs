@@ -79,7 +79,9 @@ impl NodeExecutor for PyExecutor {
         });
         Box::pin(async move {
             if sent.is_err() {
-                return Err(NodeFailure::fatal(format!("node {node_id:?}: the worker queue is closed")));
+                return Err(NodeFailure::fatal(format!(
+                    "node {node_id:?}: the worker queue is closed"
+                )));
             }
             match rx.await {
                 Ok(result) => result,
@@ -101,7 +103,10 @@ fn parse_result(result: &Bound<'_, PyAny>) -> PyResult<Result<NodeOutput, NodeFa
     if result.get_item(0)?.extract::<bool>()? {
         let bytes = result.get_item(1)?.cast::<PyBytes>()?.as_bytes().to_vec();
         let live: LiveObject = Arc::new(result.get_item(2)?.unbind());
-        Ok(Ok(NodeOutput { bytes, live: Some(live) }))
+        Ok(Ok(NodeOutput {
+            bytes,
+            live: Some(live),
+        }))
     } else {
         Ok(Err(NodeFailure {
             error: result.get_item(1)?.extract()?,
@@ -130,22 +135,41 @@ impl PyTask {
     /// Calls the workflow's runner for this attempt and delivers its result to the engine.
     fn run(&self, py: Python<'_>) -> PyResult<()> {
         let Some(queued) = self.queued.lock().expect("task lock").take() else {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err("task already ran"));
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "task already ran",
+            ));
         };
-        let Queued { runner, task, reply } = queued;
+        let Queued {
+            runner,
+            task,
+            reply,
+        } = queued;
         let inputs = PyList::empty(py);
         for (param, value) in &task.inputs {
             let item = match value {
-                NodeValue::Live(obj) => (param.as_str(), live_of(py, obj), None::<Bound<'_, PyBytes>>),
+                NodeValue::Live(obj) => {
+                    (param.as_str(), live_of(py, obj), None::<Bound<'_, PyBytes>>)
+                }
                 NodeValue::Bytes(b) => (param.as_str(), None, Some(PyBytes::new(py, b))),
             };
             inputs.append(item)?;
         }
         let override_bytes = task.inputs_override.as_ref().map(|b| PyBytes::new(py, b));
-        let ctx = Py::new(py, PyNodeContext { inner: task.context })?;
+        let ctx = Py::new(
+            py,
+            PyNodeContext {
+                inner: task.context,
+            },
+        )?;
         let outcome = runner
             .bind(py)
-            .call1((task.node_id.as_str(), task.attempt, inputs, override_bytes, ctx))
+            .call1((
+                task.node_id.as_str(),
+                task.attempt,
+                inputs,
+                override_bytes,
+                ctx,
+            ))
             .and_then(|r| parse_result(&r))
             .unwrap_or_else(|e| Err(NodeFailure::fatal(format!("resumeflow runner error: {e}"))));
         let _ = reply.send(outcome);
@@ -164,7 +188,8 @@ pub fn next_task(py: Python<'_>, timeout: f64) -> Option<PyTask> {
     queue.idle.fetch_add(1, Ordering::SeqCst);
     let got = py.detach(|| {
         let rx = queue.rx.lock().expect("queue lock");
-        rx.recv_timeout(Duration::from_secs_f64(timeout.max(0.0))).ok()
+        rx.recv_timeout(Duration::from_secs_f64(timeout.max(0.0)))
+            .ok()
     });
     queue.idle.fetch_sub(1, Ordering::SeqCst);
     got.map(|queued| PyTask {

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every test: the Rust workspace (cargo test, clippy, fmt) and the Python suite (pytest)
+# against the freshly built wheel.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/resumeflow/target}
+
+echo "== cargo fmt --check, clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --quiet
+
+echo "== python setup"
+VENV=$("$ROOT/scripts/setup-venv.sh" | tail -n 1)
+
+echo "== ruff"
+"$VENV/bin/ruff" check python tests
+
+echo "== pytest"
+# pytest exits 5 when it collects no test at all: that is a failure here too (set -e).
+"$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
