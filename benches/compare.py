@@ -15,7 +15,9 @@ medians of several rounds; ratios compare systems measured in the same run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import operator
 import os
 import platform
 import sqlite3
@@ -25,8 +27,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Annotated, TypedDict
 
 import resumeflow as rf
+
+
+class ChainState(TypedDict):
+    x: int
+
+
+class FanState(TypedDict):
+    x: Annotated[int, operator.add]
 
 
 def _tmp_db(tag: str) -> str:
@@ -58,15 +69,10 @@ def run_resumeflow_chain(n: int, durability: str) -> float:
 
 
 def run_langgraph_chain(n: int) -> float:
-    from typing import TypedDict
-
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.graph import END, START, StateGraph
 
-    class S(TypedDict):
-        x: int
-
-    g = StateGraph(S)
+    g = StateGraph(ChainState)
     for i in range(n):
         g.add_node(f"s{i}", lambda s: {"x": s["x"] + 1})
         g.add_edge(START if i == 0 else f"s{i - 1}", f"s{i}")
@@ -120,8 +126,6 @@ def run_resumeflow_fanout(width: int, durability: str) -> float:
     def join(**parts):
         return sum(parts.values())
 
-    import inspect
-
     join.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(f"w{i}", inspect.Parameter.KEYWORD_ONLY) for i in range(width)]
     )
@@ -136,16 +140,10 @@ def run_resumeflow_fanout(width: int, durability: str) -> float:
 
 
 def run_langgraph_fanout(width: int) -> float:
-    import operator
-    from typing import Annotated, TypedDict
-
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.graph import END, START, StateGraph
 
-    class S(TypedDict):
-        x: Annotated[int, operator.add]
-
-    g = StateGraph(S)
+    g = StateGraph(FanState)
     g.add_node("src", lambda s: {"x": 1})
     g.add_edge(START, "src")
     for i in range(width):

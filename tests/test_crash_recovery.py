@@ -136,3 +136,34 @@ def test_partial_state_survives_a_kill(db, ledger):
     assert done.stdout.strip() == str(list(range(6)))
     starts = [n for n, _ in ledger_entries(ledger)]
     assert starts == ["train-from-0", f"train-from-{saved_epoch}"], "resumed from the saved epoch"
+
+
+def test_ctrl_c_interrupts_the_wait_and_the_run_resumes(db, ledger):
+    child = spawn(
+        textwrap.dedent(f"""
+            import resumeflow as rf
+            from rf_workflows import chain
+            e = rf.Engine({db!r})
+            try:
+                e.run(chain, {{"x": 1}}, run_id="sigint")
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+                e.close()  # in-flight b finishes, then the run pauses
+                print("closed", flush=True)
+        """),
+        env_extra={"RF_SLOW_B": "1.0"},
+    )
+    _wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
+    t0 = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert out.split() == ["interrupted", "closed"]
+    assert time.monotonic() - t0 < 10
+    with rf.Engine(db) as engine:
+        state = engine.get_current_state("sigint")
+        assert state.status == "paused", "Ctrl-C pauses the run after in-flight nodes"
+        assert state.completed == ["a", "b"]
+        done = engine.resume("sigint", chain).wait()
+    assert done.status == "completed"
+    assert [n for n, _ in ledger_entries(ledger)] == ["a", "b", "c"]

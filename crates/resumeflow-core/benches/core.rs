@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use resumeflow_core::{
-    Durability, Engine, EngineOptions, Graph, NodeExecutor, NodeFuture, NodeOutput, NodeSpec, NodeTask, ResumeOptions,
-    RetryPolicy, StartOptions,
+    Durability, Engine, EngineOptions, Graph, NodeExecutor, NodeFuture, NodeOutput, NodeSpec,
+    NodeTask, ResumeOptions, RetryPolicy, StartOptions,
 };
 
 fn chain(k: usize) -> Arc<Graph> {
@@ -31,7 +31,9 @@ fn chain(k: usize) -> Arc<Graph> {
 
 /// A no-op executor that returns at once (no thread hop): engine overhead only.
 fn noop() -> Arc<dyn NodeExecutor> {
-    Arc::new(|_task: NodeTask| -> NodeFuture { Box::pin(async { Ok(NodeOutput::bytes(vec![0xc0])) }) })
+    Arc::new(|_task: NodeTask| -> NodeFuture {
+        Box::pin(async { Ok(NodeOutput::bytes(vec![0xc0])) })
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -41,10 +43,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn w1_engine(k: usize, durability: Durability) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path().join("w1.db"), EngineOptions { durability, ..Default::default() }).unwrap();
+    let engine = Engine::open(
+        dir.path().join("w1.db"),
+        EngineOptions {
+            durability,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let graph = chain(k);
     let t0 = Instant::now();
-    let run = engine.start(graph, noop(), BTreeMap::new(), StartOptions::default()).unwrap();
+    let run = engine
+        .start(graph, noop(), BTreeMap::new(), StartOptions::default())
+        .unwrap();
     let outcome = run.wait(None).unwrap();
     let elapsed = t0.elapsed().as_secs_f64();
     assert_eq!(outcome.state.unwrap().status.as_str(), "completed");
@@ -55,7 +66,8 @@ fn w1_engine(k: usize, durability: Durability) -> f64 {
 fn w1_floor(k: usize, synchronous: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let conn = rusqlite::Connection::open(dir.path().join("floor.db")).unwrap();
-    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).unwrap();
+    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+        .unwrap();
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {synchronous}; CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB NOT NULL);"
     ))
@@ -74,16 +86,32 @@ fn w1_floor(k: usize, synchronous: &str) -> f64 {
 
 /// Resume latency: a chain paused after `done` nodes; time from `resume()` to the next start.
 fn w3_resume(events_target: usize) -> (usize, f64) {
-    // Each completed node writes NodeStarted, NodeCompleted and CheckpointCommitted.
-    let done = events_target / 3;
+    // The paused run is written with durability `off` (one batch, one checkpoint), so each
+    // completed node has two events: NodeStarted and NodeCompleted.
+    let done = events_target / 2;
     let k = done + 1;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w3.db");
     let graph = chain(k);
     let until = format!("n{}", done - 1);
     {
-        let engine = Engine::open(&path, EngineOptions { durability: Durability::Off, ..Default::default() }).unwrap();
-        let run = engine.execute_until(graph.clone(), noop(), &until, BTreeMap::new(), Some("w3".into())).unwrap();
+        let engine = Engine::open(
+            &path,
+            EngineOptions {
+                durability: Durability::Off,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let run = engine
+            .execute_until(
+                graph.clone(),
+                noop(),
+                &until,
+                BTreeMap::new(),
+                Some("w3".into()),
+            )
+            .unwrap();
         run.wait(None).unwrap().state.unwrap();
         engine.close();
     }
@@ -96,8 +124,13 @@ fn w3_resume(events_target: usize) -> (usize, f64) {
         Box::pin(async { Ok(NodeOutput::bytes(vec![0xc0])) })
     });
     let t0 = Instant::now();
-    let run = engine.resume("w3", graph, exec, ResumeOptions::default()).unwrap();
-    run.wait(Some(Duration::from_secs(600))).unwrap().state.unwrap();
+    let run = engine
+        .resume("w3", graph, exec, ResumeOptions::default())
+        .unwrap();
+    run.wait(Some(Duration::from_secs(600)))
+        .unwrap()
+        .state
+        .unwrap();
     let first = started.lock().unwrap().expect("the last node ran");
     engine.close();
     (events, (first - t0).as_secs_f64() * 1e3)
@@ -107,7 +140,10 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 3 } else { 7 };
     let k = 1000;
-    println!("machine: {} cores; rounds: {rounds} (median)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "machine: {} cores; rounds: {rounds} (median)",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+    );
     let mut sync_engine = Vec::new();
     let mut batched_engine = Vec::new();
     let mut floor_full = Vec::new();
@@ -119,14 +155,33 @@ fn main() {
         batched_engine.push(w1_engine(k, Durability::Batched));
         floor_normal.push(w1_floor(k, "NORMAL"));
     }
-    let (se, ff, be, fnm) = (median(sync_engine), median(floor_full), median(batched_engine), median(floor_normal));
+    let (se, ff, be, fnm) = (
+        median(sync_engine),
+        median(floor_full),
+        median(batched_engine),
+        median(floor_normal),
+    );
     println!("W1 chain of {k} no-op nodes (µs per node):");
-    println!("  engine sync      {se:8.1}   floor synchronous=FULL   {ff:8.1}   ratio {:.2}x", se / ff);
-    println!("  engine batched   {be:8.1}   floor synchronous=NORMAL {fnm:8.1}   ratio {:.2}x", be / fnm);
+    println!(
+        "  engine sync      {se:8.1}   floor synchronous=FULL   {ff:8.1}   ratio {:.2}x",
+        se / ff
+    );
+    println!(
+        "  engine batched   {be:8.1}   floor synchronous=NORMAL {fnm:8.1}   ratio {:.2}x",
+        be / fnm
+    );
     println!("W3 resume latency (resume() -> next node starts):");
-    let sizes: &[usize] = if quick { &[1_000, 10_000] } else { &[1_000, 10_000, 100_000] };
+    let sizes: &[usize] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 10_000, 100_000]
+    };
     for &n in sizes {
-        let lat = median((0..if n >= 100_000 { 1 } else { rounds }).map(|_| w3_resume(n).1).collect());
+        let lat = median(
+            (0..if n >= 100_000 { 1 } else { rounds })
+                .map(|_| w3_resume(n).1)
+                .collect(),
+        );
         let events = w3_resume(n).0;
         println!("  {events:>7} events: {lat:8.2} ms");
     }

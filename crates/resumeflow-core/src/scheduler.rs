@@ -7,8 +7,12 @@
 //! next one (group commit, in the writer).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -311,16 +315,16 @@ impl Scheduler {
         let timeout = spec.timeout;
         let node_id = spec.id.clone();
         self.running.spawn(async move {
-            // The attempt runs as its own task so that a panic is caught as a failure of
-            // this node; dropping the guard aborts it on cancel.
-            let mut inner = AbortOnDrop(tokio::spawn(future));
+            // A panic while polling the attempt fails this node (not the scheduler); aborting
+            // the task (cancel, lease loss) drops the attempt's future.
+            let attempt_future = CatchUnwind(future);
             let joined = match timeout {
-                None => Some((&mut inner.0).await),
-                Some(limit) => tokio::time::timeout(limit, &mut inner.0).await.ok(),
+                None => Some(attempt_future.await),
+                Some(limit) => tokio::time::timeout(limit, attempt_future).await.ok(),
             };
             let result = match joined {
                 Some(Ok(r)) => r,
-                Some(Err(e)) => Err(NodeFailure::fatal(format!("panic in node {node_id:?}: {e}"))),
+                Some(Err(panic)) => Err(NodeFailure::fatal(format!("panic in node {node_id:?}: {panic}"))),
                 None => {
                     cancelled.store(true, Ordering::Relaxed);
                     let limit = timeout.unwrap_or_default().as_secs_f64();
@@ -567,11 +571,22 @@ pub fn downstream_of(graph: &Graph, from: &str) -> BTreeSet<String> {
     all
 }
 
-/// Aborts a spawned attempt when dropped (cancel, lease loss, timeout).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// Resolves to the inner future's output, or to the panic message if polling it panicked.
+struct CatchUnwind<F>(F);
 
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = std::result::Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(payload) => Poll::Ready(Err(payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_string()))),
+        }
     }
 }

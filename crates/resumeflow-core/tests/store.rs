@@ -328,3 +328,33 @@ fn partial_state_round_trips_and_survives_completion() {
         ))
     ));
 }
+
+#[test]
+fn a_panicking_node_fails_alone_and_the_run_continues() {
+    use resumeflow_core::{NodeFuture, NodeTask};
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    let inner = counter.executor();
+    let exec: std::sync::Arc<dyn resumeflow_core::NodeExecutor> =
+        std::sync::Arc::new(move |task: NodeTask| -> NodeFuture {
+            if task.node_id == "n1" {
+                Box::pin(async { panic!("boom in n1") })
+            } else {
+                inner.execute(task)
+            }
+        });
+    let state = finish(
+        &engine
+            .start(chain(3), exec, seed(0), Default::default())
+            .unwrap(),
+    );
+    assert_eq!(state.status, resumeflow_core::RunStatus::Failed);
+    let n1 = &state.nodes["n1"];
+    assert!(
+        n1.error.as_deref().unwrap().contains("boom in n1"),
+        "{n1:?}"
+    );
+    assert_eq!(n1.retryable, Some(false));
+    assert_replay_matches(&engine, &state.run_id);
+}

@@ -284,11 +284,13 @@ fn compact_events(conn: &Connection, path: &Path, run_id: &str, upto: i64) -> Re
 
 /// Removes values that no node state, checkpoint or compacted event refers to.
 pub fn collect_garbage(conn: &Connection, path: &Path) -> Result<usize> {
+    // One pass: SQLite builds the set of referenced hashes once (no per-blob lookups, and
+    // no indexes on the hot write path just for this rare sweep).
     conn.execute(
-        "DELETE FROM blobs WHERE
-            NOT EXISTS (SELECT 1 FROM node_states n WHERE n.output_hash = blobs.hash)
-        AND NOT EXISTS (SELECT 1 FROM checkpoint_nodes c WHERE c.value_hash = blobs.hash)
-        AND NOT EXISTS (SELECT 1 FROM compaction_refs r WHERE r.hash = blobs.hash)",
+        "DELETE FROM blobs WHERE hash NOT IN (
+            SELECT output_hash FROM node_states WHERE output_hash IS NOT NULL
+            UNION SELECT value_hash FROM checkpoint_nodes WHERE value_hash IS NOT NULL
+            UNION SELECT hash FROM compaction_refs)",
         [],
     )
     .map_err(sql(path))

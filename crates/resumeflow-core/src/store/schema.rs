@@ -68,7 +68,6 @@ CREATE TABLE node_states (
     peak_memory     INTEGER,
     PRIMARY KEY (run_id, node_id)
 ) WITHOUT ROWID;
-CREATE INDEX node_states_by_output ON node_states(output_hash) WHERE output_hash IS NOT NULL;
 CREATE TABLE checkpoints (
     run_id        TEXT NOT NULL,
     checkpoint_id INTEGER NOT NULL,
@@ -87,7 +86,6 @@ CREATE TABLE checkpoint_nodes (
     value_size    INTEGER,
     PRIMARY KEY (run_id, checkpoint_id, node_id)
 ) WITHOUT ROWID;
-CREATE INDEX checkpoint_nodes_by_value ON checkpoint_nodes(value_hash) WHERE value_hash IS NOT NULL;
 CREATE TABLE blobs (
     hash BLOB NOT NULL UNIQUE,
     size INTEGER NOT NULL,
