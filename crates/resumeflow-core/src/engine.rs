@@ -63,6 +63,9 @@ pub struct ResumeOptions {
     pub until: Option<String>,
     /// Resume even if the workflow's structure differs from the stored one.
     pub allow_mismatch: bool,
+    /// Resume only a run still marked `running` (left by a dead or expired worker), else
+    /// `RunNotResumable`; `recover` sets it so that it never restarts a paused or failed run.
+    pub only_crashed: bool,
 }
 
 /// How a run ended (as seen by its handle).
@@ -344,6 +347,25 @@ impl Engine {
         executor: Arc<dyn NodeExecutor>,
         options: ResumeOptions,
     ) -> Result<RunHandle> {
+        // The plan is computed from a snapshot; the lease is taken only if the run has not
+        // moved since (another worker may have resumed and advanced it meanwhile).
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.try_resume(run_id, graph.clone(), executor.clone(), &options) {
+                Err(Error::RunChanged { .. }) if tries < 20 => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn try_resume(
+        &self,
+        run_id: &str,
+        graph: Arc<Graph>,
+        executor: Arc<dyn NodeExecutor>,
+        options: &ResumeOptions,
+    ) -> Result<RunHandle> {
         let stored = self.inner.store.load_run(run_id)?;
         if stored.graph_hash != graph.structural_hash() && !options.allow_mismatch {
             return Err(Error::WorkflowMismatch {
@@ -379,25 +401,30 @@ impl Engine {
         let modifies = options.checkpoint_id.is_some()
             || !options.updates.is_empty()
             || !options.rerun.is_empty();
-        if stored.state.status == RunStatus::Completed && !modifies {
+        let crashed_only_violated =
+            options.only_crashed && stored.state.status != RunStatus::Running;
+        if (stored.state.status == RunStatus::Completed && !modifies) || crashed_only_violated {
             return Err(Error::RunNotResumable {
                 run_id: run_id.to_string(),
                 status: stored.state.status.to_string(),
             });
         }
-        let (events, values) = self.resume_events(&stored, &graph, &options)?;
+        let (events, values) = self.resume_events(&stored, &graph, options)?;
         let projection_events = events.clone();
+        let expected = Some(stored.last_seq);
         let lease = if values.is_empty() {
             self.inner
                 .store
-                .acquire_lease(run_id, self.lease_request(), events)?
+                .acquire_lease_at(run_id, self.lease_request(), expected, events)?
         } else {
             // Values must land in the same transaction as the events that reference them:
             // take the lease first with no events, then commit the modification fenced.
-            let lease = self
-                .inner
-                .store
-                .acquire_lease(run_id, self.lease_request(), Vec::new())?;
+            let lease = self.inner.store.acquire_lease_at(
+                run_id,
+                self.lease_request(),
+                expected,
+                Vec::new(),
+            )?;
             let mut batch = crate::store::RunBatch::new(run_id, Some(lease.token));
             batch.events = events;
             batch.values = values;
@@ -426,7 +453,7 @@ impl Engine {
             lease,
             inputs,
             projection.nodes,
-            options.until,
+            options.until.clone(),
         ))
     }
 
@@ -691,9 +718,14 @@ impl Engine {
             if !stale {
                 continue;
             }
-            match self.resume(&run.state.run_id, graph, executor, ResumeOptions::default()) {
+            let options = ResumeOptions {
+                only_crashed: true,
+                ..ResumeOptions::default()
+            };
+            match self.resume(&run.state.run_id, graph, executor, options) {
                 Ok(h) => handles.push(h),
-                Err(Error::RunLocked { .. }) => {}
+                // Another worker got there first (and may have finished it already).
+                Err(Error::RunLocked { .. } | Error::RunNotResumable { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -103,6 +103,8 @@ pub enum Error {
     },
     #[error("run {run_id:?} is {status} and cannot be resumed as is; pass checkpoint_id, updates or rerun to run parts of it again")]
     RunNotResumable { run_id: String, status: String },
+    #[error("run {run_id:?} changed while this worker prepared to resume it; try again")]
+    RunChanged { run_id: String },
     #[error("invalid argument {field}: {message}")]
     InvalidArgument { field: String, message: String },
     #[error("engine is shut down")]

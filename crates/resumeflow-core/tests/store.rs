@@ -358,3 +358,52 @@ fn a_panicking_node_fails_alone_and_the_run_continues() {
     assert_eq!(n1.retryable, Some(false));
     assert_replay_matches(&engine, &state.run_id);
 }
+
+#[test]
+fn lease_is_refused_when_the_run_moved_since_the_plan_was_made() {
+    // Regression: a resumer that planned from a stale snapshot (another worker resumed and
+    // advanced the run meanwhile) must not take the lease and redo finished nodes.
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    finish(
+        &engine
+            .execute_until(
+                chain(3),
+                counter.executor(),
+                "n0",
+                seed(0),
+                Some("s".into()),
+            )
+            .unwrap(),
+    );
+    let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
+    let snapshot = raw.load_run("s").unwrap();
+    finish(
+        &engine
+            .resume("s", chain(3), counter.executor(), Default::default())
+            .unwrap(),
+    );
+    let events_before = engine.events("s").unwrap().len();
+    let request = LeaseRequest {
+        owner: "elsewhere:9:z".into(),
+        ttl: Duration::from_secs(5),
+    };
+    let stale = raw.acquire_lease_at(
+        "s",
+        request.clone(),
+        Some(snapshot.last_seq),
+        vec![EventKind::RunPaused],
+    );
+    assert!(matches!(stale, Err(Error::RunChanged { .. })), "{stale:?}");
+    assert_eq!(
+        engine.events("s").unwrap().len(),
+        events_before,
+        "nothing written"
+    );
+    let current = raw.load_run("s").unwrap().last_seq;
+    assert!(raw
+        .acquire_lease_at("s", request, Some(current), vec![])
+        .is_ok());
+    assert_eq!(counter.total(), 3, "each node ran once");
+}

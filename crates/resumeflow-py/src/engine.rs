@@ -194,6 +194,7 @@ impl PyEngine {
             rerun: rerun.unwrap_or_default(),
             until,
             allow_mismatch,
+            only_crashed: false,
         };
         let graph = graph.graph.clone();
         let exec = executor(runner);

@@ -121,7 +121,7 @@ pub fn to_py(error: Error) -> PyErr {
             Ok(cls) => PyErr::from_type(cls.clone(), message),
             Err(e) => e,
         }),
-        Error::Shutdown => ResumeflowError::new_err(message),
+        Error::Shutdown | Error::RunChanged { .. } => ResumeflowError::new_err(message),
     }
 }
 

@@ -116,6 +116,8 @@ pub struct StoredRun {
     pub lease_owner: Option<String>,
     pub lease_expires: f64,
     pub lease_token: i64,
+    /// Sequence number of the run's last event.
+    pub last_seq: i64,
 }
 
 /// What a `cleanup` call should delete.
@@ -140,6 +142,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         run_id: &str,
         lease: LeaseRequest,
+        events: Vec<EventKind>,
+    ) -> Result<Lease> {
+        self.acquire_lease_at(run_id, lease, None, events)
+    }
+    /// As [`Store::acquire_lease`], but refused with `RunChanged` unless the run's last event
+    /// is still `expected_seq` (the state the caller computed `events` from).
+    fn acquire_lease_at(
+        &self,
+        run_id: &str,
+        lease: LeaseRequest,
+        expected_seq: Option<i64>,
         events: Vec<EventKind>,
     ) -> Result<Lease>;
     /// Extends the leases still held; returns the ones that were lost.

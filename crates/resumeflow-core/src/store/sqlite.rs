@@ -155,7 +155,7 @@ impl SqliteStore {
         let row = conn
             .prepare_cached(
                 "SELECT workflow, graph_hash, graph, inputs, labels, status, error, created_at, updated_at,
-                        head_checkpoint, lease_owner, lease_expires, lease_token FROM runs WHERE run_id = ?1",
+                        head_checkpoint, lease_owner, lease_expires, lease_token, last_seq FROM runs WHERE run_id = ?1",
             )
             .and_then(|mut st| {
                 st.query_row([run_id], |r| {
@@ -174,7 +174,12 @@ impl SqliteStore {
                             r.get::<_, f64>(8)?,
                             r.get::<_, Option<i64>>(9)?,
                         ),
-                        (r.get::<_, Option<String>>(10)?, r.get::<_, f64>(11)?, r.get::<_, i64>(12)?),
+                        (
+                            r.get::<_, Option<String>>(10)?,
+                            r.get::<_, f64>(11)?,
+                            r.get::<_, i64>(12)?,
+                            r.get::<_, i64>(13)?,
+                        ),
                     ))
                 })
                 .optional()
@@ -228,6 +233,7 @@ impl SqliteStore {
             lease_owner: lease.0,
             lease_expires: lease.1,
             lease_token: lease.2,
+            last_seq: lease.3,
         })
     }
 
@@ -253,16 +259,26 @@ impl Store for SqliteStore {
             .call(move |conn, at| apply::create(conn, &path, &run, &lease, at))
     }
 
-    fn acquire_lease(
+    fn acquire_lease_at(
         &self,
         run_id: &str,
         lease: LeaseRequest,
+        expected_seq: Option<i64>,
         events: Vec<EventKind>,
     ) -> Result<Lease> {
         let path = self.path.clone();
         let run_id = run_id.to_string();
-        self.writer
-            .call(move |conn, at| apply::acquire(conn, &path, &run_id, &lease, events, at))
+        self.writer.call(move |conn, at| {
+            if let Some(expected) = expected_seq {
+                let head = apply::load_head(conn, &path, &run_id)?;
+                if head.last_seq != expected {
+                    return Err(Error::RunChanged {
+                        run_id: run_id.clone(),
+                    });
+                }
+            }
+            apply::acquire(conn, &path, &run_id, &lease, events, at)
+        })
     }
 
     fn renew_leases(&self, leases: Vec<Lease>, ttl_s: f64) -> Result<Vec<Lease>> {
