@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import textwrap
 import time
 
@@ -65,8 +64,8 @@ def test_kill_mid_node_then_recover_in_a_new_process(db, ledger):
     assert [e for e in entries if e[0] == "b"] == [("b", 1), ("b", 2)], "in-flight b re-ran as attempt 2"
     assert [e for e in entries if e[0] == "c"] == [("c", 1)]
     assert state["attempts"] == {"a": 1, "b": 2, "c": 1}
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with rf.Engine(db) as engine:
+        assert engine.check_integrity() == "ok"
 
 
 def test_recover_leaves_live_runs_alone(db, ledger):

@@ -274,6 +274,14 @@ class Engine:
         """The run's event log: ``(seq, at, kind, node_id)``, oldest first."""
         return list(self._core.events(run_id))
 
+    def check_integrity(self) -> str:
+        """``PRAGMA integrity_check`` of the store: ``"ok"``, or the problems found.
+
+        Prefer this to opening the file with the ``sqlite3`` module in the same process while
+        an Engine is open: two SQLite libraries in one process release each other's locks.
+        """
+        return str(self._core.check_integrity())
+
     # --- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:

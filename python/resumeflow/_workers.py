@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 
 from . import _core
 
@@ -59,5 +60,6 @@ def shutdown() -> None:
     global _stopping
     _stopping = True
     _core.shutdown_workers()
-    for t in list(_threads):
-        t.join(timeout=0.5)
+    deadline = time.monotonic() + 1.0
+    for t in list(_threads):  # idle workers return at once; busy ones are left to CPython
+        t.join(timeout=max(0.0, deadline - time.monotonic()))

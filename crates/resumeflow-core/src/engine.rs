@@ -732,6 +732,14 @@ impl Engine {
         Ok(handles)
     }
 
+    /// Checks the store file (`PRAGMA integrity_check`): `ok`, or the problems found.
+    ///
+    /// Use this rather than opening the file with another SQLite library in the same
+    /// process: two SQLite copies in one process release each other's POSIX locks.
+    pub fn check_integrity(&self) -> Result<String> {
+        self.inner.store.integrity_check()
+    }
+
     /// Handles of the runs this engine is executing now.
     pub fn active_runs(&self) -> Vec<RunHandle> {
         self.inner

@@ -342,6 +342,11 @@ impl PyEngine {
         Ok(handles.into_iter().map(|handle| PyRun { handle }).collect())
     }
 
+    /// `PRAGMA integrity_check` of the store: "ok", or the problems found.
+    fn check_integrity(&self, py: Python<'_>) -> PyResult<String> {
+        detached(py, || self.engine.check_integrity())
+    }
+
     /// Ids of the runs this engine is executing now.
     fn active_runs(&self) -> Vec<String> {
         self.engine

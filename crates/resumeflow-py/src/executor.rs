@@ -22,7 +22,8 @@ use crate::gil::detached;
 /// threads: at interpreter exit CPython stops its own daemon threads cleanly, whereas a Rust
 /// thread holding the GIL during finalization would crash the process.
 struct TaskQueue {
-    tx: Mutex<Sender<Queued>>,
+    /// Dropped at shutdown so that waiting workers wake at once.
+    tx: Mutex<Option<Sender<Queued>>>,
     rx: Mutex<Receiver<Queued>>,
     idle: AtomicUsize,
     closed: AtomicBool,
@@ -39,7 +40,7 @@ fn queue() -> &'static TaskQueue {
     QUEUE.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         TaskQueue {
-            tx: Mutex::new(tx),
+            tx: Mutex::new(Some(tx)),
             rx: Mutex::new(rx),
             idle: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -72,11 +73,15 @@ impl NodeExecutor for PyExecutor {
         }
         let (reply, rx) = oneshot::channel();
         let node_id = task.node_id.clone();
-        let sent = queue.tx.lock().expect("queue lock").send(Queued {
+        let queued = Queued {
             runner: self.runner.clone(),
             task,
             reply,
-        });
+        };
+        let sent = match queue.tx.lock().expect("queue lock").as_ref() {
+            Some(tx) => tx.send(queued).map_err(drop),
+            None => Err(()),
+        };
         Box::pin(async move {
             if sent.is_err() {
                 return Err(NodeFailure::fatal(format!(
@@ -209,7 +214,9 @@ pub fn idle_workers() -> usize {
 /// taken are left unrecorded, as after a crash.
 #[pyfunction]
 pub fn shutdown_workers() {
-    queue().closed.store(true, Ordering::SeqCst);
+    let queue = queue();
+    queue.closed.store(true, Ordering::SeqCst);
+    queue.tx.lock().expect("queue lock").take();
 }
 
 /// The core side of `rf.NodeContext`: saves and loads a node's partial state (bytes).

@@ -176,6 +176,8 @@ pub trait Store: Send + Sync + 'static {
     fn state_at(&self, run_id: &str, checkpoint_id: i64) -> Result<BTreeMap<String, ValueRef>>;
     /// Deletes old checkpoints; returns how many.
     fn cleanup(&self, request: CleanupRequest) -> Result<usize>;
-    /// Stops the writer after draining what was submitted.
+    /// `PRAGMA integrity_check`'s verdict: `ok`, or the problems found.
+    fn integrity_check(&self) -> Result<String>;
+    /// Stops the writer after draining what was submitted, and releases the file.
     fn close(&self);
 }

@@ -24,7 +24,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The embedded store: one writer thread (group commit) and one reader connection.
 pub struct SqliteStore {
     path: PathBuf,
-    reader: Mutex<Connection>,
+    /// `None` once closed (so that the file is released, not only the writer).
+    reader: Mutex<Option<Connection>>,
     writer: Writer,
 }
 
@@ -140,14 +141,20 @@ impl SqliteStore {
             .map_err(sql(&path))?;
         Ok(Self {
             writer: Writer::spawn(writer_conn, path.clone(), durability),
-            reader: Mutex::new(reader),
+            reader: Mutex::new(Some(reader)),
             path,
         })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.reader.lock().expect("reader lock");
-        f(&conn)
+        match conn.as_ref() {
+            Some(conn) => f(conn),
+            None => Err(StoreError::Closed {
+                path: self.path.clone(),
+            }
+            .into()),
+        }
     }
 
     fn stored_run(&self, conn: &Connection, run_id: &str) -> Result<StoredRun> {
@@ -415,8 +422,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn integrity_check(&self) -> Result<String> {
+        self.read(|conn| {
+            let rows: Vec<String> = conn
+                .prepare("PRAGMA integrity_check")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                .map_err(sql(&self.path))?;
+            Ok(rows.join("\n"))
+        })
+    }
+
     fn close(&self) {
         self.writer.close();
+        self.reader.lock().expect("reader lock").take();
     }
 }
 
