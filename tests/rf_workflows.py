@@ -70,6 +70,7 @@ def make_chain(k: int, name: str = "chaink") -> rf.Workflow:
     for i in range(k):
         def step(ctx: rf.NodeContext, prev=None, _i=i):
             record(f"s{_i}", ctx.attempt)
+            time.sleep(float(os.environ.get("RF_STEP_S", "0")))
             return (prev or 0) + _i + 1
 
         if i == 0:

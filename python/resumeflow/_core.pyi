@@ -28,7 +28,14 @@ class SerializationError(ResumeflowError): ...
 class StoreError(ResumeflowError): ...
 class InvalidArgument(ResumeflowError, ValueError): ...
 
-_NodeSpec = tuple[str, list[tuple[str, str, str, bool]], tuple[int, float, float, float, bool], float | None, dict[str, int]]
+_NodeSpec = tuple[
+    str,
+    list[tuple[str, str, str, bool]],
+    tuple[int, float, float, float, bool],
+    float | None,
+    dict[str, int],
+    float | None,
+]
 
 @final
 class CoreGraph:
@@ -75,6 +82,7 @@ class CoreEngine:
         durability: str = "sync",
         resources: Mapping[str, int] | None = None,
         lease_seconds: float = 30.0,
+        max_store_bytes: int | None = None,
     ) -> CoreEngine: ...
     @property
     def owner(self) -> str: ...

@@ -90,7 +90,11 @@ def _older_than(value: Any) -> float | None:
 
 
 class Engine:
-    """Runs workflows durably on the SQLite store at ``path`` (created if missing)."""
+    """Runs workflows durably on the SQLite store at ``path`` (created if missing).
+
+    Beyond shared/API.md: ``max_store_bytes`` caps the store's size (writes past it fail with
+    ``StoreError`` and change nothing).
+    """
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class Engine:
         durability: str = "sync",
         resources: Mapping[str, int] | None = None,
         lease_seconds: float = 30.0,
+        max_store_bytes: int | None = None,
     ) -> None:
         self.path = os.fspath(path)
         _workers.ensure_started()
@@ -109,6 +114,7 @@ class Engine:
             durability=durability,
             resources=dict(resources) if resources else None,
             lease_seconds=float(lease_seconds),
+            max_store_bytes=max_store_bytes,
         )
         self._runners: dict[int, Runner] = {}
 

@@ -36,6 +36,7 @@ class NodeDef:
     explicit_inputs: dict[str, str]
     resources: dict[str, int]
     on_oom: Shrink | None
+    heartbeat_timeout: float | None
     params: list[inspect.Parameter]
     context_params: list[str]
     is_async: bool
@@ -78,11 +79,17 @@ class Workflow:
         inputs: dict[str, str] | None = None,
         resources: dict[str, int] | None = None,
         on_oom: Shrink | None = None,
+        heartbeat_timeout: float | None = None,
     ) -> Any:
-        """Registers a node; use as ``@wf.node`` or ``@wf.node(retry=..., ...)``."""
+        """Registers a node; use as ``@wf.node`` or ``@wf.node(retry=..., ...)``.
+
+        ``heartbeat_timeout``: the node promises to call ``ctx.heartbeat()`` at least this
+        often (seconds); if it goes quiet longer, this worker stops renewing the run's lease so
+        that another worker's ``recover`` can take the run over.
+        """
 
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
-            self._add(f, name, retry, timeout, inputs, resources, on_oom)
+            self._add(f, name, retry, timeout, inputs, resources, on_oom, heartbeat_timeout)
             return f
 
         if fn is not None:
@@ -98,6 +105,7 @@ class Workflow:
         inputs: dict[str, str] | None,
         resources: dict[str, int] | None,
         on_oom: Shrink | None,
+        heartbeat_timeout: float | None = None,
     ) -> None:
         node_id = name or getattr(fn, "__name__", None)
         if not isinstance(node_id, str) or not _NAME.fullmatch(node_id):
@@ -114,8 +122,9 @@ class Workflow:
             policy = retry
         else:
             raise GraphError(f"node {node_id!r}: retry must be a RetryPolicy, None or False")
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise GraphError(f"node {node_id!r}: timeout must be a positive number of seconds")
+        for label, value in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise GraphError(f"node {node_id!r}: {label} must be a positive number of seconds")
         sig = inspect.signature(fn)
         params = [
             p for p in sig.parameters.values()
@@ -139,6 +148,7 @@ class Workflow:
             explicit_inputs=explicit,
             resources={str(k): int(v) for k, v in (resources or {}).items()},
             on_oom=on_oom,
+            heartbeat_timeout=float(heartbeat_timeout) if heartbeat_timeout is not None else None,
             params=params,
             context_params=[p.name for p in params if _is_context_param(p) and p.name not in explicit],
             is_async=inspect.iscoroutinefunction(fn),
@@ -166,7 +176,7 @@ class Workflow:
             if not self._nodes:
                 raise GraphError(f"workflow {self.name!r} has no nodes")
             spec = [
-                (n.id, self._bindings(n), n.retry.as_spec(), n.timeout, n.resources)
+                (n.id, self._bindings(n), n.retry.as_spec(), n.timeout, n.resources, n.heartbeat_timeout)
                 for n in self._nodes.values()
             ]
             self._graph = CoreGraph(self.name, spec)

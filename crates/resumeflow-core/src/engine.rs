@@ -29,6 +29,8 @@ pub struct EngineOptions {
     pub resources: BTreeMap<String, u32>,
     /// How long a lease lasts without renewal (renewed every third of it).
     pub lease_ttl: Duration,
+    /// Cap on the store file's size; writes past it fail with a `StoreError`.
+    pub max_store_bytes: Option<u64>,
 }
 
 impl Default for EngineOptions {
@@ -38,6 +40,7 @@ impl Default for EngineOptions {
             durability: Durability::Sync,
             resources: BTreeMap::new(),
             lease_ttl: Duration::from_secs(30),
+            max_store_bytes: None,
         }
     }
 }
@@ -83,6 +86,7 @@ struct RunShared {
     outcome: Mutex<Option<RunOutcome>>,
     finished: Condvar,
     lease: Lease,
+    heartbeats: scheduler::Heartbeats,
 }
 
 /// A running (or finished) run.
@@ -208,6 +212,9 @@ impl Engine {
     /// ```
     pub fn open(path: impl AsRef<Path>, options: EngineOptions) -> Result<Self> {
         let store = SqliteStore::open(path, options.durability)?;
+        if let Some(bytes) = options.max_store_bytes {
+            store.set_max_bytes(bytes)?;
+        }
         Ok(Self::with_store(Arc::new(store), options))
     }
 
@@ -567,6 +574,7 @@ impl Engine {
                 outcome: Mutex::new(None),
                 finished: Condvar::new(),
                 lease: lease.clone(),
+                heartbeats: scheduler::Heartbeats::default(),
             }),
         };
         self.inner
@@ -586,6 +594,7 @@ impl Engine {
             nodes,
             until,
             control: control_rx,
+            heartbeats: handle.shared.heartbeats.clone(),
         };
         let inner = Arc::downgrade(&self.inner);
         let finished = handle.clone();
@@ -787,7 +796,13 @@ fn spawn_lease_keeper(inner: Weak<EngineInner>) {
             if handles.is_empty() {
                 continue;
             }
-            let leases: Vec<Lease> = handles.iter().map(|h| h.shared.lease.clone()).collect();
+            // A run with a node that stopped heart-beating is left to expire, so that another
+            // worker can recover it (this one may be hung).
+            let leases: Vec<Lease> = handles
+                .iter()
+                .filter(|h| !scheduler::has_stale_heartbeat(&h.shared.heartbeats))
+                .map(|h| h.shared.lease.clone())
+                .collect();
             let store = engine.store.clone();
             let ttl = engine.options.lease_ttl.as_secs_f64();
             drop(engine);

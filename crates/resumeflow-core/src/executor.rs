@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -107,6 +107,17 @@ pub struct NodeContext {
     pub(crate) lease: Lease,
     pub(crate) lease_ttl_s: f64,
     pub(crate) cancelled: Arc<AtomicBool>,
+    /// When this attempt last showed life (`monotonic_ms`): its start or its last heartbeat.
+    pub(crate) last_beat: Arc<AtomicU64>,
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+pub(crate) fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl NodeContext {
@@ -141,6 +152,7 @@ impl NodeContext {
 
     /// Extends the run's lease now; fails with `LeaseLost` if another worker took the run.
     pub fn heartbeat(&self) -> Result<()> {
+        self.last_beat.store(monotonic_ms(), Ordering::Relaxed);
         let lost = self
             .store
             .renew_leases(vec![self.lease.clone()], self.lease_ttl_s)?;

@@ -33,6 +33,10 @@ pub struct NodeSpec {
     pub timeout: Option<Duration>,
     /// Resource needs, e.g. `{"gpu": 1}`.
     pub resources: BTreeMap<String, u32>,
+    /// If set, the node must call `heartbeat()` at least this often; a node that goes quiet
+    /// longer stops its run's lease renewal, so another worker can recover the run.
+    #[serde(default)]
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 impl NodeSpec {
@@ -49,6 +53,7 @@ impl NodeSpec {
             retry: RetryPolicy::default(),
             timeout: None,
             resources: BTreeMap::new(),
+            heartbeat_timeout: None,
         }
     }
 

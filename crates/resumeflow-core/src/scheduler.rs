@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -69,6 +69,23 @@ pub struct RunSetup {
     pub nodes: BTreeMap<String, NodeState>,
     pub until: Option<String>,
     pub control: watch::Receiver<Control>,
+    /// Running attempts that must heartbeat: node index -> (last beat, timeout).
+    pub heartbeats: Heartbeats,
+}
+
+/// Running attempts with a heartbeat timeout, shared with the engine's lease keeper.
+pub type Heartbeats = Arc<std::sync::Mutex<HashMap<usize, (Arc<AtomicU64>, std::time::Duration)>>>;
+
+/// True if some running attempt has not shown life within its heartbeat timeout.
+pub fn has_stale_heartbeat(heartbeats: &Heartbeats) -> bool {
+    let now = crate::executor::monotonic_ms();
+    heartbeats
+        .lock()
+        .expect("heartbeats lock")
+        .values()
+        .any(|(beat, timeout)| {
+            now.saturating_sub(beat.load(Ordering::Relaxed)) > timeout.as_millis() as u64
+        })
 }
 
 type Finished = (usize, u32, Result<NodeOutput, NodeFailure>, SlotGuard);
@@ -295,6 +312,14 @@ impl Scheduler {
         }
         let cancelled = Arc::new(AtomicBool::new(false));
         self.cancel_flags.insert(i, cancelled.clone());
+        let last_beat = Arc::new(AtomicU64::new(crate::executor::monotonic_ms()));
+        if let Some(timeout) = spec.heartbeat_timeout {
+            self.setup
+                .heartbeats
+                .lock()
+                .expect("heartbeats lock")
+                .insert(i, (last_beat.clone(), timeout));
+        }
         let attempt = self.attempt[i];
         let task = NodeTask {
             node_id: spec.id.clone(),
@@ -309,6 +334,7 @@ impl Scheduler {
                 lease: self.setup.lease.clone(),
                 lease_ttl_s: self.setup.lease_ttl_s,
                 cancelled: cancelled.clone(),
+                last_beat,
             },
         };
         let future = self.setup.executor.execute(task);
@@ -348,6 +374,11 @@ impl Scheduler {
     fn on_finished(&mut self, (i, attempt, result, guard): Finished) {
         drop(guard);
         self.cancel_flags.remove(&i);
+        self.setup
+            .heartbeats
+            .lock()
+            .expect("heartbeats lock")
+            .remove(&i);
         let node = self.node_id(i).to_string();
         match result {
             Ok(output) => {

@@ -13,13 +13,14 @@ use resumeflow_core::{
 type BindingSpec = (String, String, String, bool);
 /// `(max_attempts, initial_interval, backoff_factor, max_interval, jitter)`
 type RetrySpec = (u32, f64, f64, f64, bool);
-/// `(id, bindings, retry, timeout_s, resources)`
+/// `(id, bindings, retry, timeout_s, resources, heartbeat_timeout_s)`
 pub type NodeSpecTuple = (
     String,
     Vec<BindingSpec>,
     RetrySpec,
     Option<f64>,
     BTreeMap<String, u32>,
+    Option<f64>,
 );
 
 fn seconds(field: &str, node: &str, value: f64) -> PyResult<Duration> {
@@ -31,7 +32,9 @@ fn seconds(field: &str, node: &str, value: f64) -> PyResult<Duration> {
 }
 
 /// Builds a core node from the tuple the Python layer passes.
-pub fn node_spec((id, bindings, retry, timeout, resources): NodeSpecTuple) -> PyResult<NodeSpec> {
+pub fn node_spec(
+    (id, bindings, retry, timeout, resources, heartbeat): NodeSpecTuple,
+) -> PyResult<NodeSpec> {
     let inputs = bindings
         .into_iter()
         .map(|(param, kind, source, required)| {
@@ -55,6 +58,9 @@ pub fn node_spec((id, bindings, retry, timeout, resources): NodeSpecTuple) -> Py
             jitter,
         },
         timeout: timeout.map(|t| seconds("timeout", &id, t)).transpose()?,
+        heartbeat_timeout: heartbeat
+            .map(|t| seconds("heartbeat_timeout", &id, t))
+            .transpose()?,
         id,
         inputs,
         resources,

@@ -114,7 +114,7 @@ fn executor(runner: Py<PyAny>) -> Arc<dyn NodeExecutor> {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (path, max_concurrency=None, durability="sync", resources=None, lease_seconds=30.0))]
+    #[pyo3(signature = (path, max_concurrency=None, durability="sync", resources=None, lease_seconds=30.0, max_store_bytes=None))]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
@@ -122,6 +122,7 @@ impl PyEngine {
         durability: &str,
         resources: Option<BTreeMap<String, u32>>,
         lease_seconds: f64,
+        max_store_bytes: Option<u64>,
     ) -> PyResult<Self> {
         if max_concurrency == Some(0) {
             return Err(to_py(resumeflow_core::Error::InvalidArgument {
@@ -140,6 +141,7 @@ impl PyEngine {
             durability: Durability::parse(durability).map_err(to_py)?,
             resources: resources.unwrap_or_default(),
             lease_ttl: Duration::from_secs_f64(lease_seconds),
+            max_store_bytes,
         };
         let engine = detached(py, || Engine::open(&path, options))?;
         Ok(Self { engine })

@@ -40,9 +40,7 @@ fn unusable(path: &Path, message: impl ToString) -> Error {
 fn connect(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| unusable(path, format!("cannot open: {e}")))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sql(path))?;
@@ -97,6 +95,9 @@ impl SqliteStore {
         }
         create_private_file(&path)?;
         let mut writer_conn = connect(&path)?;
+        if writer_conn.is_readonly(c"main").unwrap_or(false) {
+            return Err(unusable(&path, "is read-only: resumeflow must be able to write its store (check the file's permissions)"));
+        }
         let existing = schema::inspect(&writer_conn)
             .map_err(|e| unusable(&path, format!("not a usable SQLite database: {e}")))?;
         match existing {
@@ -143,6 +144,23 @@ impl SqliteStore {
             writer: Writer::spawn(writer_conn, path.clone(), durability),
             reader: Mutex::new(Some(reader)),
             path,
+        })
+    }
+
+    /// Caps the store's size (`PRAGMA max_page_count`): writes past it fail with a
+    /// `StoreError` ("database or disk is full") and change nothing.
+    pub fn set_max_bytes(&self, bytes: u64) -> Result<()> {
+        let path = self.path.clone();
+        self.writer.call(move |conn, _| {
+            let page: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(sql(&path))?;
+            let pages = (bytes as i64 / page.max(1)).max(1);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(sql(&path))?;
+            Ok(())
         })
     }
 
