@@ -390,3 +390,23 @@ def test_engine_from_another_thread_and_run_status(db):
 def test_store_file_is_private(db):
     rf.Engine(db).close()
     assert os.stat(db).st_mode & 0o777 == 0o600
+
+
+def test_retries_honour_the_backoff(db):
+    wf = rf.Workflow("backoff")
+    starts = []
+
+    @wf.node(retry=rf.RetryPolicy(max_attempts=3, initial_interval=0.2, backoff_factor=2.0, jitter=False))
+    def flaky(ctx: rf.NodeContext):
+        starts.append(time.monotonic())
+        if ctx.attempt < 3:
+            raise TimeoutError("slow upstream")
+        return ctx.attempt
+
+    with rf.Engine(db) as engine:
+        state = engine.run(wf, run_id="b")
+        events = engine.events("b")
+    assert state.values["flaky"] == 3
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4, gaps
+    assert [e[2] for e in events if e[3] == "flaky"].count("NodeRetryScheduled") == 2
