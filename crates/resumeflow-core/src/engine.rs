@@ -3,157 +3,23 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::event::{Event, EventKind, ResetReason};
-use crate::executor::{LiveObject, NodeExecutor};
+use crate::event::{Event, EventKind};
+use crate::executor::NodeExecutor;
 use crate::graph::Graph;
 use crate::lease::{new_owner_id, now, Lease, LeaseRequest};
+use crate::options::{EngineOptions, ResumeOptions, StartOptions};
 use crate::projection::RunProjection;
+use crate::run_handle::{RunHandle, RunOutcome, RunShared};
 use crate::runtime::runtime;
 use crate::scheduler::{self, Control, RunSetup};
 use crate::slots::Slots;
-use crate::state::{Checkpoint, NodeStatus, RunState, RunStatus};
-use crate::store::{CleanupRequest, Durability, NewRun, SqliteStore, Store, StoredRun};
-
-/// Engine settings.
-#[derive(Debug, Clone)]
-pub struct EngineOptions {
-    /// Most nodes running at once across this engine's runs (`None`: no limit).
-    pub max_concurrency: Option<usize>,
-    pub durability: Durability,
-    /// Named resource capacities, e.g. `{"gpu": 1}`; resources not named are unlimited.
-    pub resources: BTreeMap<String, u32>,
-    /// How long a lease lasts without renewal (renewed every third of it).
-    pub lease_ttl: Duration,
-    /// Cap on the store file's size; writes past it fail with a `StoreError`.
-    pub max_store_bytes: Option<u64>,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        Self {
-            max_concurrency: None,
-            durability: Durability::Sync,
-            resources: BTreeMap::new(),
-            lease_ttl: Duration::from_secs(30),
-            max_store_bytes: None,
-        }
-    }
-}
-
-/// Options of [`Engine::start`].
-#[derive(Debug, Clone, Default)]
-pub struct StartOptions {
-    pub run_id: Option<String>,
-    /// Run only this node and its ancestors, then pause.
-    pub until: Option<String>,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// Options of [`Engine::resume`].
-#[derive(Debug, Clone, Default)]
-pub struct ResumeOptions {
-    /// Resume from this earlier checkpoint: nodes completed after it run again.
-    pub checkpoint_id: Option<i64>,
-    /// Replace completed nodes' outputs (encoded); their dependants run again.
-    pub updates: BTreeMap<String, Vec<u8>>,
-    /// Re-execute these nodes and their dependants.
-    pub rerun: Vec<String>,
-    pub until: Option<String>,
-    /// Resume even if the workflow's structure differs from the stored one.
-    pub allow_mismatch: bool,
-    /// Resume only a run still marked `running` (left by a dead or expired worker), else
-    /// `RunNotResumable`; `recover` sets it so that it never restarts a paused or failed run.
-    pub only_crashed: bool,
-}
-
-/// How a run ended (as seen by its handle).
-#[derive(Clone)]
-pub struct RunOutcome {
-    /// The committed state after the scheduler stopped, or why the scheduler stopped early.
-    pub state: Result<RunState>,
-    /// Live objects produced in this session, by node id.
-    pub live_values: HashMap<String, LiveObject>,
-}
-
-struct RunShared {
-    run_id: String,
-    control: watch::Sender<Control>,
-    outcome: Mutex<Option<RunOutcome>>,
-    finished: Condvar,
-    lease: Lease,
-    heartbeats: scheduler::Heartbeats,
-}
-
-/// A running (or finished) run.
-#[derive(Clone)]
-pub struct RunHandle {
-    shared: Arc<RunShared>,
-}
-
-impl RunHandle {
-    /// The run id.
-    pub fn id(&self) -> &str {
-        &self.shared.run_id
-    }
-
-    /// Blocks until the run stops or `timeout` passes (`None` on timeout).
-    pub fn wait(&self, timeout: Option<Duration>) -> Option<RunOutcome> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut guard = self.shared.outcome.lock().expect("outcome lock");
-        loop {
-            if let Some(outcome) = guard.as_ref() {
-                return Some(outcome.clone());
-            }
-            match deadline {
-                None => guard = self.shared.finished.wait(guard).expect("outcome lock"),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    guard = self
-                        .shared
-                        .finished
-                        .wait_timeout(guard, left)
-                        .expect("outcome lock")
-                        .0;
-                }
-            }
-        }
-    }
-
-    /// True once the run's scheduler has stopped.
-    pub fn is_finished(&self) -> bool {
-        self.shared.outcome.lock().expect("outcome lock").is_some()
-    }
-
-    /// Lets in-flight nodes finish, then pauses the run.
-    pub fn interrupt(&self) {
-        self.shared.control.send_if_modified(|c| {
-            let change = *c == Control::Run;
-            if change {
-                *c = Control::Interrupt;
-            }
-            change
-        });
-    }
-
-    /// Abandons in-flight nodes and marks the run cancelled.
-    pub fn cancel(&self) {
-        self.shared.control.send_if_modified(|c| {
-            let change = matches!(*c, Control::Run | Control::Interrupt);
-            if change {
-                *c = Control::Cancel;
-            }
-            change
-        });
-    }
-}
+use crate::state::{Checkpoint, RunState, RunStatus};
+use crate::store::{CleanupRequest, NewRun, SqliteStore, Store};
 
 struct EngineInner {
     store: Arc<dyn Store>,
@@ -416,7 +282,8 @@ impl Engine {
                 status: stored.state.status.to_string(),
             });
         }
-        let (events, values) = self.resume_events(&stored, &graph, options)?;
+        let (events, values) =
+            crate::resume_plan::resume_events(self.inner.store.as_ref(), &stored, &graph, options)?;
         let projection_events = events.clone();
         let expected = Some(stored.last_seq);
         let lease = if values.is_empty() {
@@ -471,90 +338,6 @@ impl Engine {
             .events
             .push(EventKind::LeaseReleased { token: lease.token });
         let _ = self.inner.store.commit(batch);
-    }
-
-    /// The events a resume appends: rewind, updates, reruns, and resetting unfinished nodes.
-    #[allow(clippy::type_complexity)]
-    fn resume_events(
-        &self,
-        stored: &StoredRun,
-        graph: &Graph,
-        options: &ResumeOptions,
-    ) -> Result<(Vec<EventKind>, Vec<(crate::state::ValueRef, Arc<[u8]>)>)> {
-        let run_id = &stored.state.run_id;
-        let mut status: HashMap<String, NodeStatus> = stored
-            .state
-            .nodes
-            .iter()
-            .map(|(id, n)| (id.clone(), n.status))
-            .collect();
-        let mut events = vec![EventKind::RunResumed {
-            from_checkpoint: options.checkpoint_id.or(stored.state.checkpoint_id),
-        }];
-        let mut values = Vec::new();
-        let reset = |events: &mut Vec<EventKind>,
-                     status: &mut HashMap<String, NodeStatus>,
-                     node: &str,
-                     reason| {
-            events.push(EventKind::NodeReset {
-                node: node.to_string(),
-                reason,
-            });
-            status.insert(node.to_string(), NodeStatus::Pending);
-        };
-        if let Some(checkpoint_id) = options.checkpoint_id {
-            let at_checkpoint = self.inner.store.state_at(run_id, checkpoint_id)?;
-            events.push(EventKind::Rewound { checkpoint_id });
-            for (id, node) in &stored.state.nodes {
-                let then = at_checkpoint.get(id);
-                let same = node.status == NodeStatus::Completed && node.output.as_ref() == then;
-                if same {
-                    continue;
-                }
-                if let Some(value) = then {
-                    events.push(EventKind::NodeRestored {
-                        node: id.clone(),
-                        value: value.clone(),
-                    });
-                    status.insert(id.clone(), NodeStatus::Completed);
-                } else if node.status == NodeStatus::Completed {
-                    reset(&mut events, &mut status, id, ResetReason::Rewind);
-                }
-            }
-        }
-        for (node, bytes) in &options.updates {
-            let value = crate::state::ValueRef::of(bytes);
-            values.push((value.clone(), Arc::from(bytes.as_slice())));
-            events.push(EventKind::StateUpdated {
-                node: node.clone(),
-                value,
-            });
-            status.insert(node.clone(), NodeStatus::Completed);
-            for down in scheduler::downstream_of(graph, node) {
-                if status.get(&down) == Some(&NodeStatus::Completed)
-                    && !options.updates.contains_key(&down)
-                {
-                    reset(&mut events, &mut status, &down, ResetReason::Upstream);
-                }
-            }
-        }
-        for node in &options.rerun {
-            reset(&mut events, &mut status, node, ResetReason::Rerun);
-            for down in scheduler::downstream_of(graph, node) {
-                if status.get(&down) == Some(&NodeStatus::Completed) {
-                    reset(&mut events, &mut status, &down, ResetReason::Upstream);
-                }
-            }
-        }
-        for (id, st) in status.clone() {
-            if matches!(
-                st,
-                NodeStatus::Running | NodeStatus::Retrying | NodeStatus::Failed
-            ) {
-                reset(&mut events, &mut status, &id, ResetReason::Resume);
-            }
-        }
-        Ok((events, values))
     }
 
     fn launch(

@@ -11,22 +11,27 @@ pub mod event;
 pub mod executor;
 pub mod graph;
 pub mod lease;
+mod options;
 pub mod projection;
+mod resume_plan;
 pub mod retry;
+mod run_handle;
 mod runtime;
 mod scheduler;
 mod slots;
 pub mod state;
 pub mod store;
 
-pub use engine::{Engine, EngineOptions, ResumeOptions, RunHandle, RunOutcome, StartOptions};
+pub use engine::Engine;
 pub use error::{Error, GraphError, Result, StoreError};
 pub use event::{Event, EventKind, ResetReason};
 pub use executor::{
     LiveObject, NodeContext, NodeExecutor, NodeFailure, NodeFuture, NodeOutput, NodeTask, NodeValue,
 };
 pub use graph::{Graph, InputBinding, InputSource, NodeSpec};
+pub use options::{EngineOptions, ResumeOptions, StartOptions};
 pub use projection::RunProjection;
 pub use retry::RetryPolicy;
+pub use run_handle::{RunHandle, RunOutcome};
 pub use state::{Checkpoint, NodeState, NodeStatus, RunState, RunStatus, ValueRef};
 pub use store::{Durability, SqliteStore, Store};

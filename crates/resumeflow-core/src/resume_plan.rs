@@ -1,0 +1,97 @@
+//! Planning a resume: which events turn the stored state into the one to continue from.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::event::{EventKind, ResetReason};
+use crate::graph::Graph;
+use crate::options::ResumeOptions;
+use crate::scheduler;
+use crate::state::NodeStatus;
+use crate::store::{Store, StoredRun};
+
+/// The events a resume appends: rewind, updates, reruns, and resetting unfinished nodes.
+/// Pure planning: it reads the store (checkpoint states) but writes nothing.
+#[allow(clippy::type_complexity)]
+pub(crate) fn resume_events(
+    store: &dyn Store,
+    stored: &StoredRun,
+    graph: &Graph,
+    options: &ResumeOptions,
+) -> Result<(Vec<EventKind>, Vec<(crate::state::ValueRef, Arc<[u8]>)>)> {
+    let run_id = &stored.state.run_id;
+    let mut status: HashMap<String, NodeStatus> = stored
+        .state
+        .nodes
+        .iter()
+        .map(|(id, n)| (id.clone(), n.status))
+        .collect();
+    let mut events = vec![EventKind::RunResumed {
+        from_checkpoint: options.checkpoint_id.or(stored.state.checkpoint_id),
+    }];
+    let mut values = Vec::new();
+    let reset = |events: &mut Vec<EventKind>,
+                 status: &mut HashMap<String, NodeStatus>,
+                 node: &str,
+                 reason| {
+        events.push(EventKind::NodeReset {
+            node: node.to_string(),
+            reason,
+        });
+        status.insert(node.to_string(), NodeStatus::Pending);
+    };
+    if let Some(checkpoint_id) = options.checkpoint_id {
+        let at_checkpoint = store.state_at(run_id, checkpoint_id)?;
+        events.push(EventKind::Rewound { checkpoint_id });
+        for (id, node) in &stored.state.nodes {
+            let then = at_checkpoint.get(id);
+            let same = node.status == NodeStatus::Completed && node.output.as_ref() == then;
+            if same {
+                continue;
+            }
+            if let Some(value) = then {
+                events.push(EventKind::NodeRestored {
+                    node: id.clone(),
+                    value: value.clone(),
+                });
+                status.insert(id.clone(), NodeStatus::Completed);
+            } else if node.status == NodeStatus::Completed {
+                reset(&mut events, &mut status, id, ResetReason::Rewind);
+            }
+        }
+    }
+    for (node, bytes) in &options.updates {
+        let value = crate::state::ValueRef::of(bytes);
+        values.push((value.clone(), Arc::from(bytes.as_slice())));
+        events.push(EventKind::StateUpdated {
+            node: node.clone(),
+            value,
+        });
+        status.insert(node.clone(), NodeStatus::Completed);
+        for down in scheduler::downstream_of(graph, node) {
+            if status.get(&down) == Some(&NodeStatus::Completed)
+                && !options.updates.contains_key(&down)
+            {
+                reset(&mut events, &mut status, &down, ResetReason::Upstream);
+            }
+        }
+    }
+    for node in &options.rerun {
+        reset(&mut events, &mut status, node, ResetReason::Rerun);
+        for down in scheduler::downstream_of(graph, node) {
+            if status.get(&down) == Some(&NodeStatus::Completed) {
+                reset(&mut events, &mut status, &down, ResetReason::Upstream);
+            }
+        }
+    }
+    for (id, st) in status.clone() {
+        if matches!(
+            st,
+            NodeStatus::Running | NodeStatus::Retrying | NodeStatus::Failed
+        ) {
+            reset(&mut events, &mut status, &id, ResetReason::Resume);
+        }
+    }
+    Ok((events, values))
+}
