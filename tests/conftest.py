@@ -45,6 +45,18 @@ def spawn(code: str, *, env_extra: dict[str, str] | None = None) -> subprocess.P
     )
 
 
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    """Polls ``predicate`` until it is true; fails the test after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
 def has_cuda() -> bool:
     try:
         import torch

@@ -9,17 +9,8 @@ import textwrap
 import time
 
 import resumeflow as rf
-from conftest import python, spawn
+from conftest import python, spawn, wait_for
 from rf_workflows import chain, ledger_entries
-
-
-def _wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 def test_kill_mid_node_then_recover_in_a_new_process(db, ledger):
@@ -33,7 +24,7 @@ def test_kill_mid_node_then_recover_in_a_new_process(db, ledger):
         env_extra={"RF_SLOW_B": "30"},
     )
     try:
-        _wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
+        wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
     finally:
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=30)
@@ -79,7 +70,7 @@ def test_recover_leaves_live_runs_alone(db, ledger):
         env_extra={"RF_SLOW_B": "3"},
     )
     try:
-        _wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
+        wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
         with rf.Engine(db) as engine:
             assert engine.recover([chain]) == [], "a live worker's run is not taken"
             try:
@@ -125,7 +116,7 @@ def test_partial_state_survives_a_kill(db, ledger):
                 return False
             return saved is not None and saved["epoch"] >= 2
         try:
-            _wait_for(progressed)
+            wait_for(progressed)
         finally:
             os.kill(child.pid, signal.SIGKILL)
             child.communicate(timeout=30)
@@ -152,7 +143,7 @@ def test_ctrl_c_interrupts_the_wait_and_the_run_resumes(db, ledger):
         """),
         env_extra={"RF_SLOW_B": "1.0"},
     )
-    _wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
+    wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
     t0 = time.monotonic()
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=30)

@@ -12,17 +12,8 @@ import time
 
 import pytest
 import resumeflow as rf
-from conftest import python, spawn
+from conftest import python, spawn, wait_for
 from rf_workflows import counts, ledger_entries
-
-
-def _wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 def _crash_runs(db: str, ledger, run_ids: list[str]) -> None:
@@ -39,7 +30,7 @@ def _crash_runs(db: str, ledger, run_ids: list[str]) -> None:
         env_extra={"RF_SLOW_B": "30"},
     )
     try:
-        _wait_for(lambda: sum(1 for n, _ in ledger_entries(ledger) if n == "b") == len(run_ids))
+        wait_for(lambda: sum(1 for n, _ in ledger_entries(ledger) if n == "b") == len(run_ids))
     finally:
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=30)
@@ -93,7 +84,7 @@ def test_frozen_worker_is_fenced_after_its_lease_expires(db, ledger):
         """),
         env_extra={"RF_SLOW_B": "2.0"},
     )
-    _wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
+    wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
     os.kill(worker.pid, signal.SIGSTOP)
     try:
         time.sleep(1.6)  # past the lease
@@ -156,7 +147,7 @@ def test_weaker_durability_loses_no_more_than_documented(db, ledger, durability)
                 e.run(wf, run_id="weak")
     """)
     child = spawn(wf_code, env_extra={"RF_STEP_S": "0.05"})
-    _wait_for(lambda: len(ledger_entries(ledger)) >= 12)
+    wait_for(lambda: len(ledger_entries(ledger)) >= 12)
     child.send_signal(signal.SIGKILL)
     child.communicate(timeout=30)
     with rf.Engine(db) as engine:
@@ -200,7 +191,7 @@ def test_heartbeats_keep_the_lease_and_silence_lets_another_worker_recover(db, l
     """)
     # A node that heartbeats keeps its lease well past lease_seconds: nobody can take it.
     beating = spawn(code, env_extra={"WORK_S": "2.5", "BEAT": "1", "RUN": "beating"})
-    _wait_for(lambda: any(n == "long" for n, _ in ledger_entries(ledger)))
+    wait_for(lambda: any(n == "long" for n, _ in ledger_entries(ledger)))
     time.sleep(1.5)
     probe = python(code, env_extra={"MODE": "recover", "WORK_S": "0"})
     assert probe.returncode == 0, probe.stderr
@@ -212,7 +203,7 @@ def test_heartbeats_keep_the_lease_and_silence_lets_another_worker_recover(db, l
     os.truncate(ledger, 0)
     hung = spawn(code, env_extra={"WORK_S": "60", "BEAT": "0", "RUN": "hung"})
     try:
-        _wait_for(lambda: any(n == "long" for n, _ in ledger_entries(ledger)))
+        wait_for(lambda: any(n == "long" for n, _ in ledger_entries(ledger)))
         time.sleep(2.5)  # heartbeat timeout 0.5 s + lease 1 s, with margin
         rescue = python(code, env_extra={"MODE": "recover", "WORK_S": "0.2", "BEAT": "1"})
         assert rescue.returncode == 0, rescue.stderr

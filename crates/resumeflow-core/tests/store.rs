@@ -122,17 +122,7 @@ fn stale_fencing_token_is_refused_and_writes_nothing() {
     let store = TempStore::new();
     let engine = store.engine();
     let counter = Counter::new();
-    finish(
-        &engine
-            .execute_until(
-                chain(3),
-                counter.executor(),
-                "n0",
-                seed(0),
-                Some("f".into()),
-            )
-            .unwrap(),
-    );
+    paused_chain(&engine, &counter, 3, "f");
     let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
     let request = |owner: &str| LeaseRequest {
         owner: owner.to_string(),
@@ -173,17 +163,7 @@ fn live_lease_blocks_and_expired_lease_is_taken_over() {
     let store = TempStore::new();
     let engine = store.engine();
     let counter = Counter::new();
-    finish(
-        &engine
-            .execute_until(
-                chain(2),
-                counter.executor(),
-                "n0",
-                seed(0),
-                Some("l".into()),
-            )
-            .unwrap(),
-    );
+    paused_chain(&engine, &counter, 2, "l");
     let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
     // An owner on this host whose process is alive (this one) holds a live lease.
     let alive_owner = format!(
@@ -214,17 +194,7 @@ fn live_lease_blocks_and_expired_lease_is_taken_over() {
         "expired lease is taken over"
     );
     // An owner on this host whose process is gone is taken over at once, long before expiry.
-    finish(
-        &engine
-            .execute_until(
-                chain(2),
-                counter.executor(),
-                "n0",
-                seed(0),
-                Some("l2".into()),
-            )
-            .unwrap(),
-    );
+    paused_chain(&engine, &counter, 2, "l2");
     let dead_owner = format!("{}:4194000:z", resumeflow_core::lease::hostname());
     raw.acquire_lease(
         "l2",
@@ -302,17 +272,7 @@ fn partial_state_round_trips_and_survives_completion() {
     let store = TempStore::new();
     let engine = store.engine();
     let counter = Counter::new();
-    let state = finish(
-        &engine
-            .execute_until(
-                chain(2),
-                counter.executor(),
-                "n0",
-                seed(0),
-                Some("p".into()),
-            )
-            .unwrap(),
-    );
+    let state = paused_chain(&engine, &counter, 2, "p");
     assert_eq!(engine.get_partial_state(&state.run_id, "n1").unwrap(), None);
     engine
         .save_partial_state("p", "n1", b"epoch=3".to_vec())
@@ -366,17 +326,7 @@ fn lease_is_refused_when_the_run_moved_since_the_plan_was_made() {
     let store = TempStore::new();
     let engine = store.engine();
     let counter = Counter::new();
-    finish(
-        &engine
-            .execute_until(
-                chain(3),
-                counter.executor(),
-                "n0",
-                seed(0),
-                Some("s".into()),
-            )
-            .unwrap(),
-    );
+    paused_chain(&engine, &counter, 3, "s");
     let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
     let snapshot = raw.load_run("s").unwrap();
     finish(

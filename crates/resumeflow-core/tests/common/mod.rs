@@ -208,3 +208,18 @@ pub fn assert_replay_matches(engine: &Engine, run_id: &str) {
     assert_eq!(replayed.error, state.error, "error");
     assert_eq!(replayed.nodes, state.nodes, "node states");
 }
+
+/// Runs `chain(k)` as `run_id` until its first node, leaving the run paused.
+pub fn paused_chain(engine: &Engine, counter: &Arc<Counter>, k: usize, run_id: &str) -> RunState {
+    finish(
+        &engine
+            .execute_until(
+                chain(k),
+                counter.executor(),
+                "n0",
+                seed(0),
+                Some(run_id.to_string()),
+            )
+            .unwrap(),
+    )
+}
