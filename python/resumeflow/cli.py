@@ -108,12 +108,13 @@ def _watch(engine: rf.Engine, run: rf.Run, args: argparse.Namespace) -> rf.RunSt
     from rich.table import Table
 
     def table() -> Table:
-        state = engine.get_current_state(run.id)
-        t = Table(title=f"run {run.id} — {state.status}")
+        # The raw state: no output values are loaded or decoded while polling.
+        state = engine._core.get_current_state(run.id)
+        t = Table(title=f"run {run.id} — {state['status']}")
         for col in ("node", "status", "attempt", "error"):
             t.add_column(col)
-        for node_id, node in state.nodes.items():
-            t.add_row(node_id, node.status, str(node.attempt), (node.error or "")[:60])
+        for node_id, node in state["nodes"].items():
+            t.add_row(node_id, node["status"], str(node["attempt"]), (node["error"] or "")[:60])
         return t
 
     with Live(table(), console=Console(stderr=True), refresh_per_second=8) as live:
