@@ -27,6 +27,9 @@ struct EngineInner {
     owner: String,
     slots: Arc<Slots>,
     active: Mutex<HashMap<String, RunHandle>>,
+    /// Runs a `resume` of this engine is preparing (so that two resumes in one engine can
+    /// never both take the run).
+    resuming: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The durable execution engine. Cheap to clone; all clones are one worker (one lease owner).
@@ -77,6 +80,12 @@ impl Engine {
     /// # engine.close(); std::fs::remove_dir_all(dir).ok();
     /// ```
     pub fn open(path: impl AsRef<Path>, options: EngineOptions) -> Result<Self> {
+        if options.max_concurrency == Some(0) {
+            return Err(Error::InvalidArgument {
+                field: "max_concurrency".into(),
+                message: "must be at least 1, or None for no limit".into(),
+            });
+        }
         let store = SqliteStore::open(path, options.durability)?;
         if let Some(bytes) = options.max_store_bytes {
             store.set_max_bytes(bytes)?;
@@ -85,7 +94,13 @@ impl Engine {
     }
 
     /// An engine on any store.
-    pub fn with_store(store: Arc<dyn Store>, options: EngineOptions) -> Self {
+    ///
+    /// `max_concurrency: Some(0)` is treated as `Some(1)` (nothing could ever run otherwise);
+    /// [`Engine::open`] rejects it.
+    pub fn with_store(store: Arc<dyn Store>, mut options: EngineOptions) -> Self {
+        if options.max_concurrency == Some(0) {
+            options.max_concurrency = Some(1);
+        }
         let inner = Arc::new(EngineInner {
             slots: Arc::new(Slots::new(
                 options.max_concurrency,
@@ -95,6 +110,7 @@ impl Engine {
             options,
             owner: new_owner_id(),
             active: Mutex::new(HashMap::new()),
+            resuming: Mutex::new(std::collections::HashSet::new()),
         });
         spawn_lease_keeper(Arc::downgrade(&inner));
         Self { inner }
@@ -258,19 +274,7 @@ impl Engine {
             |name| stored.inputs.contains_key(name),
             options.until.as_deref(),
         )?;
-        if self
-            .inner
-            .active
-            .lock()
-            .expect("active lock")
-            .contains_key(run_id)
-        {
-            return Err(Error::RunLocked {
-                run_id: run_id.to_string(),
-                owner: self.inner.owner.clone(),
-                remaining_s: self.inner.options.lease_ttl.as_secs_f64(),
-            });
-        }
+        let _reservation = self.reserve(run_id)?;
         let modifies = options.checkpoint_id.is_some()
             || !options.updates.is_empty()
             || !options.rerun.is_empty();
@@ -331,6 +335,31 @@ impl Engine {
         ))
     }
 
+    /// Marks `run_id` as being resumed by this engine until the returned guard drops;
+    /// `RunLocked` if this engine already runs or resumes it.
+    fn reserve(&self, run_id: &str) -> Result<Reservation<'_>> {
+        let mut resuming = self.inner.resuming.lock().expect("resuming lock");
+        let busy = resuming.contains(run_id)
+            || self
+                .inner
+                .active
+                .lock()
+                .expect("active lock")
+                .contains_key(run_id);
+        if busy {
+            return Err(Error::RunLocked {
+                run_id: run_id.to_string(),
+                owner: self.inner.owner.clone(),
+                remaining_s: self.inner.options.lease_ttl.as_secs_f64(),
+            });
+        }
+        resuming.insert(run_id.to_string());
+        Ok(Reservation {
+            engine: &self.inner,
+            run_id: run_id.to_string(),
+        })
+    }
+
     fn release_after_error(&self, lease: &Lease) {
         let mut batch = crate::store::RunBatch::new(&lease.run_id, Some(lease.token));
         batch.events.push(EventKind::RunPaused);
@@ -383,28 +412,40 @@ impl Engine {
         let finished = handle.clone();
         let store = self.inner.store.clone();
         runtime().spawn(async move {
-            let end = scheduler::run(setup).await;
-            let run_id = finished.id().to_string();
-            let state = match end.error {
-                Some(e) => Err(e),
-                None => {
-                    tokio::task::spawn_blocking(move || store.load_run(&run_id).map(|r| r.state))
+            // The scheduler runs as its own task: if it panics, the outcome still says so and
+            // the run leaves `active` (its lease then expires and another worker can take it).
+            let (state, live_values) = match tokio::spawn(scheduler::run(setup)).await {
+                Ok(end) => {
+                    let run_id = finished.id().to_string();
+                    let state = match end.error {
+                        Some(e) => Err(e),
+                        None => tokio::task::spawn_blocking(move || {
+                            store.load_run(&run_id).map(|r| r.state)
+                        })
                         .await
-                        .unwrap_or(Err(Error::Shutdown))
+                        .unwrap_or(Err(Error::Shutdown)),
+                    };
+                    (state, end.live_values)
                 }
+                Err(e) => (
+                    Err(Error::InvalidArgument {
+                        field: "scheduler".into(),
+                        message: format!("the run's scheduler stopped unexpectedly: {e}"),
+                    }),
+                    HashMap::new(),
+                ),
             };
             if let Some(inner) = inner.upgrade() {
-                inner
-                    .active
-                    .lock()
-                    .expect("active lock")
-                    .remove(finished.id());
+                let mut active = inner.active.lock().expect("active lock");
+                if active
+                    .get(finished.id())
+                    .is_some_and(|h| Arc::ptr_eq(&h.shared, &finished.shared))
+                {
+                    active.remove(finished.id());
+                }
             }
             let shared = &finished.shared;
-            *shared.outcome.lock().expect("outcome lock") = Some(RunOutcome {
-                state,
-                live_values: end.live_values,
-            });
+            *shared.outcome.lock().expect("outcome lock") = Some(RunOutcome { state, live_values });
             shared.finished.notify_all();
         });
         handle
@@ -445,6 +486,7 @@ impl Engine {
         batch.events.push(EventKind::PartialStateSaved {
             node: node_id.to_string(),
             size: state.len() as u64,
+            attempt: None,
         });
         batch.partial_states.push((node_id.to_string(), state));
         self.inner.store.commit(batch)
@@ -553,6 +595,22 @@ impl Engine {
             handle.wait(None);
         }
         self.inner.store.close();
+    }
+}
+
+/// Holds a run id in `EngineInner::resuming` while a resume prepares and launches it.
+struct Reservation<'a> {
+    engine: &'a EngineInner,
+    run_id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.engine
+            .resuming
+            .lock()
+            .expect("resuming lock")
+            .remove(&self.run_id);
     }
 }
 

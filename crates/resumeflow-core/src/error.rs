@@ -103,6 +103,12 @@ pub enum Error {
     },
     #[error("run {run_id:?} is {status} and cannot be resumed as is; pass checkpoint_id, updates or rerun to run parts of it again")]
     RunNotResumable { run_id: String, status: String },
+    #[error("run {run_id:?}: attempt {attempt} of node {node:?} is no longer the running attempt (it timed out, was cancelled or the run moved on); its write was refused")]
+    StaleAttempt {
+        run_id: String,
+        node: String,
+        attempt: u32,
+    },
     #[error("run {run_id:?} changed while this worker prepared to resume it; try again")]
     RunChanged { run_id: String },
     #[error("invalid argument {field}: {message}")]

@@ -72,6 +72,9 @@ pub enum EventKind {
     PartialStateSaved {
         node: String,
         size: u64,
+        /// The attempt that saved it (`None` for operator writes through the engine).
+        #[serde(default)]
+        attempt: Option<u32>,
     },
     /// A caller replaced a node's output (`updates`).
     StateUpdated {

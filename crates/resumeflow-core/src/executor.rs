@@ -140,6 +140,7 @@ impl NodeContext {
         batch.events.push(EventKind::PartialStateSaved {
             node: self.node_id.clone(),
             size: state.len() as u64,
+            attempt: Some(self.attempt),
         });
         batch.partial_states.push((self.node_id.clone(), state));
         batch

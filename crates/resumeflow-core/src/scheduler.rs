@@ -209,7 +209,19 @@ impl Scheduler {
                 .await
                 .unwrap_or(Err(Error::Shutdown)),
             Durability::Batched => {
-                self.tickets.push(self.setup.store.submit(batch));
+                // Starts are awaited so that attempt numbers are durable before the attempt
+                // runs (a node killed on attempt n runs next as n + 1); completions that start
+                // nothing are not waited for, and the connection does not fsync each commit.
+                let starts = batch
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, EventKind::NodeStarted { .. }));
+                let ticket = self.setup.store.submit(batch);
+                if starts {
+                    ticket.await.unwrap_or(Err(Error::Shutdown))?;
+                } else {
+                    self.tickets.push(ticket);
+                }
                 Ok(())
             }
             Durability::Off => {
@@ -237,8 +249,12 @@ impl Scheduler {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Commits everything still deferred or in flight.
+    /// Commits everything still deferred or in flight; earlier commits are confirmed before
+    /// the final batch goes out, so a run is never marked ended after a refused batch.
     async fn flush(&mut self) -> Result<()> {
+        for ticket in std::mem::take(&mut self.tickets) {
+            ticket.await.unwrap_or(Err(Error::Shutdown))?;
+        }
         self.commit().await?;
         if !self.deferred.is_empty() {
             let deferred = std::mem::take(&mut self.deferred);
@@ -337,7 +353,16 @@ impl Scheduler {
                 last_beat,
             },
         };
-        let future = self.setup.executor.execute(task);
+        // A panic while the executor builds the attempt fails this node, like one inside it.
+        let executor = self.setup.executor.clone();
+        let future: crate::executor::NodeFuture =
+            match std::panic::catch_unwind(AssertUnwindSafe(move || executor.execute(task))) {
+                Ok(future) => future,
+                Err(payload) => {
+                    let message = panic_message(payload.as_ref());
+                    Box::pin(async move { Err(NodeFailure::fatal(format!("panic: {message}"))) })
+                }
+            };
         let timeout = spec.timeout;
         let node_id = spec.id.clone();
         self.running.spawn(async move {
@@ -602,6 +627,14 @@ pub fn downstream_of(graph: &Graph, from: &str) -> BTreeSet<String> {
     all
 }
 
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string())
+}
+
 /// Resolves to the inner future's output, or to the panic message if polling it panicked.
 struct CatchUnwind<F>(F);
 
@@ -613,11 +646,7 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
         match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Err(payload) => Poll::Ready(Err(payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_string()))),
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
         }
     }
 }

@@ -357,3 +357,161 @@ fn lease_is_refused_when_the_run_moved_since_the_plan_was_made() {
         .is_ok());
     assert_eq!(counter.total(), 3, "each node ran once");
 }
+
+#[test]
+fn a_panic_while_building_the_attempt_fails_the_node_and_wait_returns() {
+    // Regression: a panic in `execute()` itself (not in its future) used to kill the
+    // scheduler task, leaving `wait()` blocked forever and the run locked.
+    use resumeflow_core::{NodeFuture, NodeTask};
+    let store = TempStore::new();
+    let engine = store.engine();
+    let exec: std::sync::Arc<dyn resumeflow_core::NodeExecutor> =
+        std::sync::Arc::new(|task: NodeTask| -> NodeFuture {
+            assert!(task.node_id != "n0", "executor refuses n0");
+            Box::pin(async { Ok(resumeflow_core::NodeOutput::bytes(b"1".to_vec())) })
+        });
+    let handle = engine
+        .start(chain(2), exec, seed(0), Default::default())
+        .unwrap();
+    let state = finish(&handle);
+    assert_eq!(state.status, resumeflow_core::RunStatus::Failed);
+    assert!(state.nodes["n0"]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("executor refuses n0"));
+}
+
+#[test]
+fn a_stale_attempt_cannot_save_partial_state() {
+    // Regression: a timed-out attempt whose thread kept going could overwrite the progress
+    // of the attempt that replaced it.
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    paused_chain(&engine, &counter, 3, "p");
+    let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
+    let lease = raw
+        .acquire_lease(
+            "p",
+            LeaseRequest {
+                owner: "elsewhere:3:q".into(),
+                ttl: Duration::from_secs(5),
+            },
+            vec![],
+        )
+        .unwrap();
+    let mut batch = RunBatch::new("p", Some(lease.token));
+    batch.events.push(EventKind::PartialStateSaved {
+        node: "n1".into(),
+        size: 1,
+        attempt: Some(1),
+    });
+    batch.partial_states.push(("n1".into(), vec![1]));
+    assert!(
+        matches!(raw.commit(batch), Err(Error::StaleAttempt { .. })),
+        "n1 is not running attempt 1"
+    );
+    assert_eq!(engine.get_partial_state("p", "n1").unwrap(), None);
+}
+
+#[test]
+fn dependants_rerun_by_an_update_start_without_old_progress() {
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    let state = finish(
+        &engine
+            .start(
+                chain(3),
+                counter.executor(),
+                seed(0),
+                resumeflow_core::StartOptions {
+                    run_id: Some("u".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+    );
+    assert_eq!(state.status, resumeflow_core::RunStatus::Completed);
+    engine
+        .save_partial_state("u", "n2", b"epoch=9".to_vec())
+        .unwrap();
+    engine
+        .save_partial_state("u", "n0", b"kept".to_vec())
+        .unwrap();
+    let updates = std::collections::BTreeMap::from([("n1".to_string(), encode(40))]);
+    let done = finish(
+        &engine
+            .resume(
+                "u",
+                chain(3),
+                counter.executor(),
+                resumeflow_core::ResumeOptions {
+                    updates,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+    );
+    assert_eq!(values(&engine, "u")["n2"], 41);
+    assert_eq!(done.status, resumeflow_core::RunStatus::Completed);
+    assert_eq!(
+        engine.get_partial_state("u", "n2").unwrap(),
+        None,
+        "progress of the discarded result is gone"
+    );
+    assert_eq!(
+        engine.get_partial_state("u", "n0").unwrap().unwrap(),
+        b"kept"
+    );
+}
+
+#[test]
+fn two_resumes_in_one_engine_cannot_both_take_the_run() {
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    counter.script("n1", Script::Sleep(Duration::from_millis(300)));
+    paused_chain(&engine, &counter, 3, "twice");
+    let barrier = std::sync::Barrier::new(2);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let joins: Vec<_> = (0..2)
+            .map(|_| {
+                let exec = counter.executor();
+                let engine = &engine;
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    engine.resume("twice", chain(3), exec, Default::default())
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "{:?}",
+        results.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>()
+    );
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(Error::RunLocked { .. }))));
+    finish(won[0]);
+    assert_eq!((counter.count("n1"), counter.count("n2")), (1, 1));
+}
+
+#[test]
+fn zero_max_concurrency_is_rejected() {
+    let store = TempStore::new();
+    let err = Engine::open(
+        store.path(),
+        EngineOptions {
+            max_concurrency: Some(0),
+            ..Default::default()
+        },
+    );
+    assert!(matches!(err, Err(Error::InvalidArgument { .. })));
+}

@@ -114,7 +114,7 @@ pub fn to_py(error: Error) -> PyErr {
         Error::RunExists { .. } => RunExists::new_err(message),
         Error::CheckpointNotFound { .. } => CheckpointNotFound::new_err(message),
         Error::RunLocked { .. } => RunLocked::new_err(message),
-        Error::LeaseLost { .. } => LeaseLost::new_err(message),
+        Error::LeaseLost { .. } | Error::StaleAttempt { .. } => LeaseLost::new_err(message),
         Error::WorkflowMismatch { .. } => WorkflowMismatch::new_err(message),
         Error::RunNotResumable { .. } => RunNotResumable::new_err(message),
         Error::InvalidArgument { .. } => Python::attach(|py| match invalid_argument_type(py) {

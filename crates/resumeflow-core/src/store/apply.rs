@@ -238,7 +238,13 @@ impl EventAppender<'_> {
                 if was_completed && matches!(reason, ResetReason::Rerun | ResetReason::Upstream) {
                     self.delta.push((node.clone(), OP_RESET, None));
                 }
-                if *reason == ResetReason::Rerun {
+                // A node that will run again from scratch must not find the progress of the
+                // execution whose result was just discarded; a node resumed after a failure
+                // or a crash keeps its progress.
+                if *reason == ResetReason::Rerun
+                    || (was_completed
+                        && matches!(reason, ResetReason::Upstream | ResetReason::Rewind))
+                {
                     self.conn
                         .prepare_cached(
                             "DELETE FROM partial_states WHERE run_id = ?1 AND node_id = ?2",
@@ -360,6 +366,7 @@ fn append_all(
         }
     }
     if !batch.partial_states.is_empty() {
+        refuse_stale_attempts(conn, path, &batch.run_id, &batch.events)?;
         let mut st = conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO partial_states (run_id, node_id, data, updated_at) VALUES (?1, ?2, ?3, ?4)",
@@ -384,11 +391,39 @@ fn append_all(
     appender.finish()
 }
 
-/// Applies a batch, refusing it if its fencing token is stale.
+/// Refuses partial-state saves from an attempt that is no longer the node's running one (a
+/// timed-out or cancelled attempt whose thread kept going).
+fn refuse_stale_attempts(
+    conn: &Connection,
+    path: &Path,
+    run_id: &str,
+    events: &[EventKind],
+) -> Result<()> {
+    for event in events {
+        if let EventKind::PartialStateSaved {
+            node,
+            attempt: Some(attempt),
+            ..
+        } = event
+        {
+            let state = load_node(conn, path, run_id, node)?.unwrap_or_default();
+            if state.status != NodeStatus::Running || state.attempt != *attempt {
+                return Err(Error::StaleAttempt {
+                    run_id: run_id.to_string(),
+                    node: node.clone(),
+                    attempt: *attempt,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies a batch, refusing it if its fencing token is stale or its lease was released.
 pub fn apply_batch(conn: &Connection, path: &Path, batch: &RunBatch, now: f64) -> Result<()> {
     let head = load_head(conn, path, &batch.run_id)?;
     if let Some(token) = batch.token {
-        if head.lease_token != token {
+        if head.lease_token != token || head.lease_owner.is_none() {
             return Err(Error::LeaseLost {
                 run_id: batch.run_id.clone(),
                 token,

@@ -1,8 +1,9 @@
 //! `SqliteStore`: the embedded store on one SQLite file (WAL, bundled SQLite).
 
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -24,6 +25,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The embedded store: one writer thread (group commit) and one reader connection.
 pub struct SqliteStore {
     path: PathBuf,
+    /// `(run_id, token)` whose batch was refused: later batches under the same lease are
+    /// refused too, so a run never commits a step after a step it depends on failed to land.
+    poisoned: Arc<Mutex<HashSet<(String, i64)>>>,
     /// `None` once closed (so that the file is released, not only the writer).
     reader: Mutex<Option<Connection>>,
     writer: Writer,
@@ -143,6 +147,7 @@ impl SqliteStore {
         Ok(Self {
             writer: Writer::spawn(writer_conn, path.clone(), durability),
             reader: Mutex::new(Some(reader)),
+            poisoned: Arc::default(),
             path,
         })
     }
@@ -302,6 +307,13 @@ impl Store for SqliteStore {
                     });
                 }
             }
+            // A rewind target must still exist (a cleanup may have removed it since the plan).
+            for event in &events {
+                if let EventKind::Rewound { checkpoint_id } = event {
+                    let (rows, _) = checkpoints::load_chain(conn, &path, &run_id)?;
+                    checkpoints::require_checkpoint(&rows, &run_id, *checkpoint_id)?;
+                }
+            }
             apply::acquire(conn, &path, &run_id, &lease, events, at)
         })
     }
@@ -314,8 +326,23 @@ impl Store for SqliteStore {
 
     fn submit(&self, batch: RunBatch) -> CommitTicket {
         let path = self.path.clone();
-        self.writer
-            .submit(move |conn, at| apply::apply_batch(conn, &path, &batch, at))
+        let poisoned = self.poisoned.clone();
+        self.writer.submit(move |conn, at| {
+            let key = batch.token.map(|t| (batch.run_id.clone(), t));
+            if let Some(key) = &key {
+                if poisoned.lock().expect("poison lock").contains(key) {
+                    return Err(Error::LeaseLost {
+                        run_id: key.0.clone(),
+                        token: key.1,
+                    });
+                }
+            }
+            let result = apply::apply_batch(conn, &path, &batch, at);
+            if let (Err(_), Some(key)) = (&result, key) {
+                poisoned.lock().expect("poison lock").insert(key);
+            }
+            result
+        })
     }
 
     fn load_run(&self, run_id: &str) -> Result<StoredRun> {
