@@ -410,3 +410,59 @@ def test_retries_honour_the_backoff(db):
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4, gaps
     assert [e[2] for e in events if e[3] == "flaky"].count("NodeRetryScheduled") == 2
+
+
+def test_ctx_named_parameter_gets_the_context_whatever_its_annotation(db):
+    wf = rf.Workflow("ctxnamed")
+
+    @wf.node
+    def node(ctx: object = None):
+        return ctx.node_id
+
+    with rf.Engine(db) as engine:
+        assert engine.run(wf).values["node"] == "node"
+
+
+def test_undecodable_values_do_not_hide_the_state(db):
+    import fractions
+
+    rf.register_codec(fractions.Fraction, "test.frac2", lambda f: str(f).encode(),
+                      lambda b: fractions.Fraction(b.decode()))
+    wf = rf.Workflow("frac")
+
+    @wf.node
+    def third():
+        return fractions.Fraction(1, 3)
+
+    with rf.Engine(db) as engine:
+        engine.run(wf, run_id="f")
+    from resumeflow import _codec
+
+    del _codec._custom_by_name["test.frac2"]  # as in a process that never registered it
+    with rf.Engine(db) as engine:
+        state = engine.get_current_state("f")
+        assert state.status == "completed"
+        assert isinstance(state.values["third"], rf.Undecodable)
+        assert "test.frac2" in state.values["third"].error
+        assert [r.run_id for r in engine.list_runs()] == ["f"]
+
+
+def test_forked_child_can_run_workflows(db):
+    import multiprocessing
+
+    wf = simple_wf()
+    with rf.Engine(db) as engine:
+        engine.run(wf, {"n": 2}, run_id="parent")
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def child(q):
+        with rf.Engine(db) as e:
+            q.put(e.run(simple_wf(), {"n": 5}, run_id="child").values["train"])
+
+    proc = ctx.Process(target=child, args=(queue,))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert queue.get(timeout=5) == 10

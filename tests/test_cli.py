@@ -76,8 +76,11 @@ def test_failed_run_exits_1_and_errors_exit_2(db, tmp_path):
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
     bad_ref = cli("run", "no_such_module:wf", "--db", db)
     assert bad_ref.returncode == 2 and "no_such_module" in bad_ref.stderr
-    no_store = cli("runs", "--db", str(tmp_path / "absent.db"))
-    assert no_store.returncode == 2 and "absent.db" in no_store.stderr
+    fresh = cli("runs", "--db", str(tmp_path / "absent.db"), "--json")
+    assert fresh.returncode == 0 and json.loads(fresh.stdout) == [], "opened as Engine(path) opens it"
+    (tmp_path / "broken.py").write_text("def oops(:\n")
+    broken = cli("run", "broken:wf", "--db", db, env_extra={"PYTHONPATH": str(tmp_path)})
+    assert broken.returncode == 2 and "SyntaxError" in broken.stderr and "Traceback" not in broken.stderr
     usage = cli("cleanup", "--db", db)
     assert usage.returncode == 2
 

@@ -161,3 +161,21 @@ def test_retry_on_replaces_the_default_classifier():
     assert by_predicate.classify(RuntimeError("flaky disk")) and not by_predicate.classify(RuntimeError("x"))
     with pytest.raises(ValueError):
         rf.RetryPolicy(max_attempts=0)
+
+
+def test_review_regressions_structured_masked_bigkey_meta_and_odd_tensor_dicts():
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    structured = np.zeros(3, dtype=[("x", "<f4"), ("y", "<i8", (2,))])
+    structured["x"] = [1, 2, 3]
+    got = _codec.decode(_codec.encode(structured))
+    assert got.dtype == structured.dtype and list(got["x"]) == [1, 2, 3]
+    with pytest.raises(rf.SerializationError, match="subclass"):
+        _codec.encode(np.ma.masked_array([1, 2], mask=[0, 1]), node="n")
+    with pytest.raises(rf.SerializationError, match="64 bits"):
+        _codec.encode({2**70: 1}, node="n")
+    with pytest.raises(rf.SerializationError, match="'n'"):
+        _codec.encode(torch.empty(3, device="meta"), node="n")
+    odd = {"c": torch.ones(2, dtype=torch.complex128), "__metadata__": torch.zeros(1)}
+    back = _codec.decode(_codec.encode(odd))
+    assert back["c"].dtype == torch.complex128 and set(back) == {"c", "__metadata__"}

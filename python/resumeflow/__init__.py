@@ -31,7 +31,7 @@ from ._core import (
 from ._core import __version__ as __version__
 from ._engine import Engine, Run
 from ._failures import NonRetryable, Retryable, RetryPolicy, Shrink, is_oom, is_retryable, shrink
-from ._state import Checkpoint, NodeState, RunState
+from ._state import Checkpoint, NodeState, RunState, Undecodable
 from ._workflow import Workflow
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "SerializationError",
     "Shrink",
     "StoreError",
+    "Undecodable",
     "Workflow",
     "WorkflowMismatch",
     "enable_pickle",

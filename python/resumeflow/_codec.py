@@ -113,10 +113,13 @@ def _tensor_from(dtype: str, shape: list[int], device: str, raw: bytes) -> Any:
     else:
         t = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(torch_dtype).reshape(shape)
     if device != "cpu":
-        kind = device.split(":")[0]
+        kind, _, index = device.partition(":")
         backend = getattr(torch, kind, None)
         if backend is not None and hasattr(backend, "is_available") and backend.is_available():
-            t = t.to(device)
+            count = backend.device_count() if hasattr(backend, "device_count") else 1
+            # Saved on a device this machine lacks (cuda:1 on a one-GPU box): use the first.
+            target = device if (not index or int(index) < count) else f"{kind}:0"
+            t = t.to(target)
     return t
 
 
@@ -158,7 +161,13 @@ def _safetensors_unpack(data: bytes) -> dict[str, Any]:
 
 
 def _is_tensor_dict(obj: dict[Any, Any]) -> bool:
-    return bool(obj) and all(isinstance(k, str) for k in obj) and all(_is_tensor(v) for v in obj.values())
+    """A dict that can be stored in the safetensors layout (else each tensor gets a frame)."""
+    return (
+        bool(obj)
+        and all(isinstance(k, str) and k != "__metadata__" for k in obj)
+        and all(_is_tensor(v) and str(v.dtype).removeprefix("torch.") in _SAFETENSORS_DTYPES
+                and not v.is_sparse and not v.is_quantized for v in obj.values())
+    )
 
 
 # --- walk ----------------------------------------------------------------------------------
@@ -184,6 +193,8 @@ def _prepare(obj: Any, path: str) -> Any:
         for k, v in obj.items():
             if not isinstance(k, (str, int)) or isinstance(k, bool):
                 raise _Unencodable(f"{path}[{k!r}]", k, "dict keys must be str or int")
+            if isinstance(k, int) and not -(2**63) <= k < 2**64:
+                raise _Unencodable(f"{path}[{k!r}]", k, "int dict keys must fit in 64 bits")
             out[k] = _prepare(v, f"{path}[{k!r}]")
         return out
     if _is_tensor(obj):
@@ -192,12 +203,15 @@ def _prepare(obj: Any, path: str) -> Any:
     if _is_ndarray(obj):
         import numpy as np
 
+        if type(obj) is not np.ndarray:
+            raise _Unencodable(path, obj, "numpy array subclasses (e.g. masked arrays) are not supported; pass np.asarray(x)")
         if obj.dtype.hasobject:
             raise _Unencodable(path, obj, "numpy arrays of Python objects are not supported")
         arr = obj if obj.flags.c_contiguous else np.array(obj, order="C")
+        descr = np.lib.format.dtype_to_descr(arr.dtype)  # keeps structured dtypes' fields
         return msgpack.ExtType(
             _EXT_NDARRAY,
-            msgpack.packb([arr.dtype.str, list(arr.shape), arr.tobytes()], use_bin_type=True),
+            msgpack.packb([descr, list(arr.shape), arr.tobytes()], use_bin_type=True),
         )
     codec = _custom_by_type.get(type(obj))
     if codec is not None:
@@ -221,6 +235,8 @@ def encode(obj: Any, *, node: str | None = None, what: str = "output") -> bytes:
     """
     try:
         return msgpack.packb(_prepare(obj, what), use_bin_type=True)
+    except SerializationError:
+        raise
     except _Unencodable as e:
         where = f"node {node!r}: " if node else ""
         why = f" ({e.why})" if e.why else ""
@@ -229,6 +245,17 @@ def encode(obj: Any, *, node: str | None = None, what: str = "output") -> bytes:
             f"{why}; return None, bool, int, float, str, bytes, lists, tuples, dicts with str keys, "
             "numpy arrays, torch tensors, or register a codec with resumeflow.register_codec"
         ) from None
+    except Exception as e:  # a tensor on the meta device, a registered encoder that raised, ...
+        where = f"node {node!r}: " if node else ""
+        raise SerializationError(f"{where}cannot encode {what}: {type(e).__name__}: {e}") from None
+
+
+def _lists_to_tuples(descr: Any) -> Any:
+    """msgpack returns lists; numpy's structured descr wants tuples for its fields."""
+    if isinstance(descr, list):
+        return [tuple(_lists_to_tuples(x) for x in field) if isinstance(field, list) else field
+                for field in descr]
+    return descr
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -237,8 +264,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == _EXT_NDARRAY:
         import numpy as np
 
-        dtype, shape, raw = msgpack.unpackb(data, raw=False)
-        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+        descr, shape, raw = msgpack.unpackb(data, raw=False)
+        dtype = np.lib.format.descr_to_dtype(_lists_to_tuples(descr))
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
     if code == _EXT_TENSOR:
         dtype, shape, device, raw = msgpack.unpackb(data, raw=False)
         return _tensor_from(dtype, shape, device, raw)

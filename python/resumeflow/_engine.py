@@ -9,9 +9,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _codec, _workers
-from ._core import CoreEngine, CoreRun, RunFailed
+from ._core import CoreEngine, CoreRun, RunFailed, SerializationError
 from ._runner import Runner
-from ._state import Checkpoint, RunState
+from ._state import Checkpoint, RunState, Undecodable
 from ._workflow import Workflow
 
 
@@ -43,8 +43,8 @@ class Run:
 
     @property
     def status(self) -> str:
-        """The run's committed status now."""
-        return self._engine.get_current_state(self.id).status
+        """The run's committed status now (no output is loaded)."""
+        return str(self._engine._core.get_current_state(self.id)["status"])
 
     def done(self) -> bool:
         return bool(self._core.done())
@@ -138,7 +138,12 @@ class Engine:
                 values[node_id] = live[node_id]
             else:
                 digest, size = node["output"]
-                values[node_id] = _codec.decode(self._core.load_value(digest, size))
+                try:
+                    values[node_id] = _codec.decode(self._core.load_value(digest, size))
+                except SerializationError as e:
+                    # A value this process cannot decode (a codec registered elsewhere, pickle
+                    # not enabled) must not hide the run's state.
+                    values[node_id] = Undecodable(node_id, str(e))
         return RunState._from_core(d, values)
 
     @staticmethod

@@ -124,6 +124,9 @@ class RetryPolicy:
     retry_on: RetryOn | None = None
 
     def __post_init__(self) -> None:
+        if self.max_interval == 60.0 and self.initial_interval > 60.0:
+            # The default cap must not make a long first interval invalid.
+            object.__setattr__(self, "max_interval", float(self.initial_interval))
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"RetryPolicy.max_attempts must be an int >= 1, got {self.max_attempts!r}")
         if self.initial_interval < 0 or self.max_interval < 0:

@@ -10,6 +10,18 @@ from . import _codec
 
 
 @dataclass(frozen=True)
+class Undecodable:
+    """Stands in ``RunState.values`` for an output this process cannot decode (for example a
+    value stored with a codec registered in another program). ``error`` says why."""
+
+    node_id: str
+    error: str
+
+    def __repr__(self) -> str:
+        return f"<undecodable output of {self.node_id!r}: {self.error}>"
+
+
+@dataclass(frozen=True)
 class NodeState:
     """One node of a run: status, durable attempt count, last error."""
 
@@ -86,6 +98,9 @@ class RunState:
             "values": self.values,
             "checkpoint_id": self.checkpoint_id,
             "error": self.error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "labels": dict(self.labels),
         }
 
 

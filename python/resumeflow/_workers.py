@@ -9,6 +9,7 @@ pool stops taking work and attempts not yet started stay unrecorded, as after a 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 
@@ -52,6 +53,18 @@ def ensure_started(minimum: int = 2) -> None:
         _threads[:] = alive
         for _ in range(minimum - len(alive)):
             _spawn()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's worker threads: start from scratch."""
+    global _lock, _stopping
+    _lock = threading.Lock()
+    _threads.clear()
+    _stopping = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -52,7 +52,7 @@ def _is_context_param(p: inspect.Parameter) -> bool:
         return True
     if isinstance(ann, str) and (ann == "NodeContext" or ann.endswith(".NodeContext")):
         return True
-    return p.name == "ctx" and ann is inspect.Parameter.empty
+    return p.name == "ctx"
 
 
 class Workflow:

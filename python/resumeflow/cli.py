@@ -48,7 +48,6 @@ def _state_json(state: rf.RunState) -> dict[str, Any]:
     d = state.to_dict()
     d["values"] = _jsonable(d["values"])
     d["nodes"] = {k: _jsonable(v) for k, v in d["nodes"].items()}
-    d["labels"] = state.labels
     return d
 
 
@@ -78,8 +77,8 @@ def _load_workflow(ref: str) -> rf.Workflow:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise UsageError(f"cannot import module {module_name!r}: {e}") from None
+    except Exception as e:  # a SyntaxError or any error raised while importing the module
+        raise UsageError(f"cannot import module {module_name!r}: {type(e).__name__}: {e}") from None
     wf = getattr(module, attr, None)
     if not isinstance(wf, rf.Workflow):
         raise UsageError(f"{ref!r} is not a resumeflow.Workflow (found {type(wf).__name__})")
@@ -252,8 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return cmd_demo(None, args)
-        if args.command != "run" and not os.path.exists(args.db):
-            raise rf.StoreError(f"store {args.db}: no such file")
         with rf.Engine(args.db) as engine:
             return int(args.func(engine, args))
     except KeyboardInterrupt:
@@ -261,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (rf.ResumeflowError, UsageError, ValueError, TypeError, OSError) as e:
         print(f"resumeflow {args.command}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a library error we did not foresee: still no traceback
+        print(f"resumeflow {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
 

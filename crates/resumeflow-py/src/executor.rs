@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -35,17 +35,28 @@ struct Queued {
     reply: oneshot::Sender<Result<NodeOutput, NodeFailure>>,
 }
 
+/// This process's queue. A forked child gets a fresh one: the parent's copy may be locked by
+/// a worker thread that does not exist in the child (it is leaked there, never dropped).
 fn queue() -> &'static TaskQueue {
-    static QUEUE: OnceLock<TaskQueue> = OnceLock::new();
-    QUEUE.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        TaskQueue {
-            tx: Mutex::new(Some(tx)),
-            rx: Mutex::new(rx),
-            idle: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
+    static QUEUE: Mutex<Option<(u32, &'static TaskQueue)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut slot = QUEUE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match *slot {
+        Some((owner, queue)) if owner == pid => queue,
+        _ => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let queue: &'static TaskQueue = Box::leak(Box::new(TaskQueue {
+                tx: Mutex::new(Some(tx)),
+                rx: Mutex::new(rx),
+                idle: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
+            }));
+            *slot = Some((pid, queue));
+            queue
         }
-    })
+    }
 }
 
 /// Hands each attempt to the Python worker pool and awaits the runner's result, which is

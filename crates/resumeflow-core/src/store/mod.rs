@@ -31,8 +31,8 @@ pub enum Durability {
     /// `synchronous=FULL`; a completion is fsynced before its dependants start.
     #[default]
     Sync,
-    /// `synchronous=NORMAL`, commits grouped over a short window; dependants may start before
-    /// their producer's commit lands, but commits stay in order.
+    /// `synchronous=NORMAL`, commits grouped over a short window; only commits that start
+    /// nodes are awaited (attempt numbers stay durable); commits stay in order.
     Batched,
     /// Nothing is written until the run stops (tests and benchmarks only).
     Off,
