@@ -209,19 +209,10 @@ impl Scheduler {
                 .await
                 .unwrap_or(Err(Error::Shutdown)),
             Durability::Batched => {
-                // Starts are awaited so that attempt numbers are durable before the attempt
-                // runs (a node killed on attempt n runs next as n + 1); completions that start
-                // nothing are not waited for, and the connection does not fsync each commit.
-                let starts = batch
-                    .events
-                    .iter()
-                    .any(|e| matches!(e, EventKind::NodeStarted { .. }));
-                let ticket = self.setup.store.submit(batch);
-                if starts {
-                    ticket.await.unwrap_or(Err(Error::Shutdown))?;
-                } else {
-                    self.tickets.push(ticket);
-                }
+                // Not awaited: dependants may start before their producer's commit lands
+                // (shared/ARCHITECTURE.md); commits stay in order through the single writer,
+                // and a refused batch stops every later batch of this lease.
+                self.tickets.push(self.setup.store.submit(batch));
                 Ok(())
             }
             Durability::Off => {

@@ -31,8 +31,9 @@ pub enum Durability {
     /// `synchronous=FULL`; a completion is fsynced before its dependants start.
     #[default]
     Sync,
-    /// `synchronous=NORMAL`, commits grouped over a short window; only commits that start
-    /// nodes are awaited (attempt numbers stay durable); commits stay in order.
+    /// `synchronous=NORMAL`, commits not awaited: dependants may start before their producer's
+    /// commit lands, but commits stay in order (a crash re-runs at most the uncommitted tail,
+    /// and an attempt that was in flight but not yet recorded may reuse its number).
     Batched,
     /// Nothing is written until the run stops (tests and benchmarks only).
     Off,

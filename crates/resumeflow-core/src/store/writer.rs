@@ -150,11 +150,11 @@ impl Writer {
 }
 
 fn run(mut conn: Connection, rx: &Receiver<Msg>, path: &Path, durability: Durability) {
-    // `batched` waits a moment for more work so that one fsync covers more of it.
-    let window = match durability {
-        Durability::Sync => Duration::ZERO,
-        Durability::Batched | Durability::Off => Duration::from_millis(1),
-    };
+    // No artificial window: work that arrives while a commit is in flight shares the next
+    // one (group commit), and a caller waiting for its commit is never delayed on purpose.
+    // `durability` only sets the connection's `synchronous` level (see `SqliteStore::open`).
+    let _ = durability;
+    let window = Duration::ZERO;
     loop {
         let Ok(first) = rx.recv() else { return };
         let Msg::Job(first) = first else { break };
