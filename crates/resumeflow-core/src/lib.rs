@@ -12,6 +12,7 @@ pub mod executor;
 pub mod graph;
 pub mod lease;
 mod options;
+pub mod process_local;
 pub mod projection;
 mod resume_plan;
 pub mod retry;

@@ -12,6 +12,7 @@ use resumeflow_core::{
     LiveObject, NodeContext, NodeExecutor, NodeFailure, NodeFuture, NodeOutput, NodeTask, NodeValue,
 };
 
+use resumeflow_core::process_local::{get_or_make, Slot};
 use tokio::sync::oneshot;
 
 use crate::gil::detached;
@@ -35,28 +36,19 @@ struct Queued {
     reply: oneshot::Sender<Result<NodeOutput, NodeFailure>>,
 }
 
-/// This process's queue. A forked child gets a fresh one: the parent's copy may be locked by
-/// a worker thread that does not exist in the child (it is leaked there, never dropped).
+/// This process's queue (a forked child gets a fresh one: the parent's may be locked by a
+/// worker thread that does not exist in the child).
 fn queue() -> &'static TaskQueue {
-    static QUEUE: Mutex<Option<(u32, &'static TaskQueue)>> = Mutex::new(None);
-    let pid = std::process::id();
-    let mut slot = QUEUE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match *slot {
-        Some((owner, queue)) if owner == pid => queue,
-        _ => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let queue: &'static TaskQueue = Box::leak(Box::new(TaskQueue {
-                tx: Mutex::new(Some(tx)),
-                rx: Mutex::new(rx),
-                idle: AtomicUsize::new(0),
-                closed: AtomicBool::new(false),
-            }));
-            *slot = Some((pid, queue));
-            queue
+    static QUEUE: Slot<TaskQueue> = Slot::new(None);
+    get_or_make(&QUEUE, || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        TaskQueue {
+            tx: Mutex::new(Some(tx)),
+            rx: Mutex::new(rx),
+            idle: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
         }
-    }
+    })
 }
 
 /// Hands each attempt to the Python worker pool and awaits the runner's result, which is
