@@ -57,6 +57,27 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
+def chain_child(db: str, ledger: Path, run_id: str, *, x: int, slow_b: float) -> subprocess.Popen[str]:
+    """Runs ``rf_workflows.chain`` as ``run_id`` in a child process (node b sleeps ``slow_b``
+    seconds) and returns once b has started."""
+    child = spawn(
+        "import resumeflow as rf\n"
+        "from rf_workflows import chain\n"
+        f"with rf.Engine({db!r}) as e:\n"
+        f"    e.run(chain, {{'x': {x}}}, run_id={run_id!r})\n",
+        env_extra={"RF_SLOW_B": str(slow_b)},
+    )
+    from rf_workflows import ledger_entries
+
+    try:
+        wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
+    except BaseException:
+        child.kill()
+        child.communicate(timeout=30)
+        raise
+    return child
+
+
 def has_cuda() -> bool:
     try:
         import torch

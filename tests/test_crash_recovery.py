@@ -9,25 +9,14 @@ import textwrap
 import time
 
 import resumeflow as rf
-from conftest import python, spawn, wait_for
+from conftest import chain_child, python, spawn, wait_for
 from rf_workflows import chain, ledger_entries
 
 
 def test_kill_mid_node_then_recover_in_a_new_process(db, ledger):
-    child = spawn(
-        textwrap.dedent(f"""
-            import resumeflow as rf
-            from rf_workflows import chain
-            with rf.Engine({db!r}) as e:
-                e.run(chain, {{"x": 2}}, run_id="crash")
-        """),
-        env_extra={"RF_SLOW_B": "30"},
-    )
-    try:
-        wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.communicate(timeout=30)
+    child = chain_child(db, ledger, "crash", x=2, slow_b=30)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL
 
     with rf.Engine(db) as engine:
@@ -60,17 +49,8 @@ def test_kill_mid_node_then_recover_in_a_new_process(db, ledger):
 
 
 def test_recover_leaves_live_runs_alone(db, ledger):
-    child = spawn(
-        textwrap.dedent(f"""
-            import resumeflow as rf
-            from rf_workflows import chain
-            with rf.Engine({db!r}) as e:
-                e.run(chain, {{"x": 2}}, run_id="alive")
-        """),
-        env_extra={"RF_SLOW_B": "3"},
-    )
+    child = chain_child(db, ledger, "alive", x=2, slow_b=3)
     try:
-        wait_for(lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
         with rf.Engine(db) as engine:
             assert engine.recover([chain]) == [], "a live worker's run is not taken"
             try:
