@@ -17,7 +17,7 @@ echo "== python setup"
 VENV=$("$ROOT/scripts/setup-venv.sh" | tail -n 1)
 
 echo "== ruff"
-"$VENV/bin/ruff" check python tests
+"$VENV/bin/ruff" check python tests benches
 
 echo "== pytest"
 # pytest exits 5 when it collects no test at all: that is a failure here too (set -e).

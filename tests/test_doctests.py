@@ -7,7 +7,13 @@ import importlib
 
 import pytest
 
-MODULES = ["resumeflow", "resumeflow._codec", "resumeflow._failures", "resumeflow._workflow"]
+MODULES = [
+    "resumeflow",
+    "resumeflow._codec",
+    "resumeflow._failures",
+    "resumeflow._workflow",
+    "resumeflow.langgraph",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

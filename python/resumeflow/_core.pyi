@@ -120,6 +120,66 @@ class CoreEngine:
     def active_runs(self) -> list[str]: ...
     def close(self) -> None: ...
 
+_Typed = tuple[str, bytes]
+_ThreadCheckpointRow = tuple[
+    str,
+    str,
+    str,
+    str | None,
+    _Typed,
+    _Typed,
+    list[tuple[str, _Typed]],
+    list[tuple[str, str, _Typed, str]],
+    list[tuple[str, str]],
+]
+
+@final
+class CoreThreadStore:
+    def __new__(cls, path: str, durability: str = "sync") -> CoreThreadStore: ...
+    @staticmethod
+    def of_engine(engine: CoreEngine) -> CoreThreadStore: ...
+    @property
+    def path(self) -> str: ...
+    def put(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_id: str,
+        parent_id: str | None,
+        run_id: str | None,
+        checkpoint: _Typed,
+        metadata: _Typed,
+        versions: list[tuple[str, str]],
+        new_values: list[tuple[str, str, _Typed | None]],
+    ) -> None: ...
+    def put_writes(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_id: str,
+        task_id: str,
+        task_path: str,
+        writes: list[tuple[int, str, _Typed]],
+    ) -> None: ...
+    def get(
+        self, thread_id: str, checkpoint_ns: str, checkpoint_id: str | None = None
+    ) -> _ThreadCheckpointRow | None: ...
+    def list_checkpoints(
+        self,
+        thread_id: str | None = None,
+        checkpoint_ns: str | None = None,
+        checkpoint_id: str | None = None,
+        before: str | None = None,
+        after: tuple[str, str, str] | None = None,
+        limit: int | None = None,
+        with_contents: bool = True,
+    ) -> list[_ThreadCheckpointRow]: ...
+    def delete_threads(self, thread_ids: list[str]) -> int: ...
+    def delete_runs(self, run_ids: list[str]) -> int: ...
+    def copy_thread(self, source: str, target: str) -> int: ...
+    def prune(self, thread_ids: list[str], strategy: str) -> int: ...
+    def close(self) -> None: ...
+
 def next_task(timeout: float) -> CoreTask | None: ...
 def idle_workers() -> int: ...
 def shutdown_workers() -> None: ...

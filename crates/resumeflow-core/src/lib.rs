@@ -22,6 +22,7 @@ mod scheduler;
 mod slots;
 pub mod state;
 pub mod store;
+pub mod threads;
 
 pub use engine::Engine;
 pub use error::{Error, GraphError, Result, StoreError};

@@ -107,6 +107,13 @@ pub struct PyEngine {
     engine: Engine,
 }
 
+impl PyEngine {
+    /// The engine's store (shared by the thread-checkpoint saver).
+    pub fn store(&self) -> Arc<dyn resumeflow_core::Store> {
+        self.engine.store().clone()
+    }
+}
+
 fn executor(runner: Py<PyAny>) -> Arc<dyn NodeExecutor> {
     Arc::new(PyExecutor::new(runner))
 }

@@ -6,6 +6,7 @@ mod engine;
 mod errors;
 mod executor;
 mod gil;
+mod threads;
 
 use pyo3::prelude::*;
 
@@ -14,6 +15,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyGraph>()?;
     m.add_class::<engine::PyRun>()?;
+    m.add_class::<threads::PyThreadStore>()?;
     m.add_class::<executor::PyNodeContext>()?;
     m.add_class::<executor::PyTask>()?;
     m.add_function(wrap_pyfunction!(executor::next_task, m)?)?;

@@ -8,6 +8,7 @@ mod apply;
 mod checkpoints;
 mod schema;
 mod sqlite;
+mod threads_sqlite;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -181,4 +182,10 @@ pub trait Store: Send + Sync + 'static {
     fn integrity_check(&self) -> Result<String>;
     /// Stops the writer after draining what was submitted, and releases the file.
     fn close(&self);
+
+    /// The store's thread checkpoints (external graph frameworks' checkpoints), if it keeps
+    /// them.
+    fn threads(&self) -> Option<&dyn crate::threads::ThreadStore> {
+        None
+    }
 }

@@ -13,6 +13,10 @@
 //! - `blobs`: output values, content-addressed by BLAKE3 and stored once.
 //! - `partial_states`: a node's own saved progress.
 //! - `compaction_refs`: values referenced by a run's `Compacted` event (kept by blob GC).
+//! - `thread_checkpoints`, `thread_channel_values`, `thread_writes`, `thread_values`
+//!   (version 2): checkpoints of external graph frameworks (the LangGraph saver), see
+//!   [`crate::threads`]: channel values are stored once per `(thread, namespace, channel,
+//!   version)` and content-addressed in `thread_values`, never as a snapshot per step.
 //!
 //! `PRAGMA application_id` marks the file as ours; `PRAGMA user_version` is the schema version.
 
@@ -21,10 +25,12 @@ use rusqlite::Connection;
 /// 'RFLW'
 pub const APPLICATION_ID: i64 = 0x5246_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-/// Migrations by target version; index 0 creates version 1.
-const MIGRATIONS: &[&str] = &[r"
+/// Migrations by target version; index 0 creates version 1, index 1 adds the thread
+/// checkpoint tables of version 2 (see [`crate::threads`]).
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE runs (
     run_id          TEXT PRIMARY KEY,
     workflow        TEXT NOT NULL,
@@ -103,7 +109,51 @@ CREATE TABLE compaction_refs (
     hash   BLOB NOT NULL,
     PRIMARY KEY (run_id, hash)
 ) WITHOUT ROWID;
-"];
+",
+    r"
+CREATE TABLE thread_checkpoints (
+    thread_id       TEXT NOT NULL,
+    checkpoint_ns   TEXT NOT NULL,
+    checkpoint_id   TEXT NOT NULL,
+    parent_id       TEXT,
+    run_id          TEXT,
+    checkpoint_type TEXT NOT NULL,
+    checkpoint      BLOB NOT NULL,
+    metadata_type   TEXT NOT NULL,
+    metadata        BLOB NOT NULL,
+    versions        BLOB NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+) WITHOUT ROWID;
+CREATE INDEX thread_checkpoints_by_id ON thread_checkpoints(checkpoint_id);
+CREATE INDEX thread_checkpoints_by_run ON thread_checkpoints(run_id) WHERE run_id IS NOT NULL;
+CREATE TABLE thread_channel_values (
+    thread_id     TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    version       TEXT NOT NULL,
+    hash          BLOB,
+    PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+) WITHOUT ROWID;
+CREATE INDEX thread_channel_values_by_hash ON thread_channel_values(hash) WHERE hash IS NOT NULL;
+CREATE TABLE thread_writes (
+    thread_id     TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
+    task_id       TEXT NOT NULL,
+    idx           INTEGER NOT NULL,
+    channel       TEXT NOT NULL,
+    hash          BLOB NOT NULL,
+    task_path     TEXT NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX thread_writes_by_hash ON thread_writes(hash);
+CREATE TABLE thread_values (
+    hash BLOB PRIMARY KEY,
+    type TEXT NOT NULL,
+    data BLOB NOT NULL
+) WITHOUT ROWID;
+",
+];
 
 /// What the file holds before we touch it.
 pub enum Existing {

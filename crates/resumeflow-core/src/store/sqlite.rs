@@ -24,13 +24,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The embedded store: one writer thread (group commit) and one reader connection.
 pub struct SqliteStore {
-    path: PathBuf,
+    pub(super) path: PathBuf,
     /// `(run_id, token)` whose batch was refused: later batches under the same lease are
     /// refused too, so a run never commits a step after a step it depends on failed to land.
     poisoned: Arc<Mutex<HashSet<(String, i64)>>>,
     /// `None` once closed (so that the file is released, not only the writer).
     reader: Mutex<Option<Connection>>,
-    writer: Writer,
+    pub(super) writer: Writer,
 }
 
 fn unusable(path: &Path, message: impl ToString) -> Error {
@@ -169,7 +169,7 @@ impl SqliteStore {
         })
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub(super) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.reader.lock().expect("reader lock");
         match conn.as_ref() {
             Some(conn) => f(conn),
@@ -480,6 +480,10 @@ impl Store for SqliteStore {
     fn close(&self) {
         self.writer.close();
         self.reader.lock().expect("reader lock").take();
+    }
+
+    fn threads(&self) -> Option<&dyn crate::threads::ThreadStore> {
+        Some(self)
     }
 }
 

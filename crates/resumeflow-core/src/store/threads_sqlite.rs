@@ -1,0 +1,546 @@
+//! [`ThreadStore`] on the SQLite store: the `thread_*` tables of schema version 2.
+//!
+//! Writes are jobs on the store's single writer (group commit, a savepoint each); reads use
+//! the reader connection inside one read transaction, so a checkpoint, its channel values
+//! and its writes come from one snapshot. Deletions remove channel-value rows that no kept
+//! checkpoint references any more, then the value bytes nothing references.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::error::Result;
+use crate::threads::{
+    NewThreadCheckpoint, NewThreadWrites, PendingWrite, PruneStrategy, ThreadCheckpoint,
+    ThreadQuery, ThreadStore, TypedBytes,
+};
+
+use super::apply::{corrupt, sql};
+use super::sqlite::SqliteStore;
+
+type Hash = Vec<u8>;
+
+const HEADER_COLUMNS: &str = "thread_id, checkpoint_ns, checkpoint_id, parent_id, \
+     checkpoint_type, checkpoint, metadata_type, metadata, versions";
+
+/// The content address of a typed value: BLAKE3 over the tag, a NUL and the bytes.
+fn value_hash(value: &TypedBytes) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(value.type_tag.as_bytes());
+    h.update(&[0]);
+    h.update(&value.data);
+    h.finalize().as_bytes().to_vec()
+}
+
+/// Stores the bytes once; returns their hash.
+fn store_value(conn: &Connection, path: &Path, value: &TypedBytes) -> Result<Hash> {
+    let hash = value_hash(value);
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO thread_values (hash, type, data) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut st| st.execute(params![hash, value.type_tag, value.data]))
+    .map_err(sql(path))?;
+    Ok(hash)
+}
+
+/// Deletes the value bytes among `candidates` that no channel value or write references.
+fn drop_unreferenced_values(
+    conn: &Connection,
+    path: &Path,
+    candidates: HashSet<Hash>,
+) -> Result<()> {
+    let mut st = conn
+        .prepare_cached(
+            "DELETE FROM thread_values WHERE hash = ?1
+               AND NOT EXISTS (SELECT 1 FROM thread_channel_values WHERE hash = ?1)
+               AND NOT EXISTS (SELECT 1 FROM thread_writes WHERE hash = ?1)",
+        )
+        .map_err(sql(path))?;
+    for hash in candidates {
+        st.execute([hash]).map_err(sql(path))?;
+    }
+    Ok(())
+}
+
+fn collect_hashes(
+    conn: &Connection,
+    path: &Path,
+    query: &str,
+    thread_id: &str,
+) -> Result<Vec<Hash>> {
+    let mut st = conn.prepare_cached(query).map_err(sql(path))?;
+    let rows = st
+        .query_map([thread_id], |r| r.get::<_, Option<Hash>>(0))
+        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+        .map_err(sql(path))?;
+    Ok(rows.into_iter().flatten().collect())
+}
+
+/// Deletes the writes of `thread_id` whose checkpoint is gone; returns their value hashes.
+fn drop_orphan_writes(conn: &Connection, path: &Path, thread_id: &str) -> Result<Vec<Hash>> {
+    const ORPHAN: &str = "FROM thread_writes WHERE thread_id = ?1 AND NOT EXISTS (
+        SELECT 1 FROM thread_checkpoints c WHERE c.thread_id = ?1
+           AND c.checkpoint_ns = thread_writes.checkpoint_ns
+           AND c.checkpoint_id = thread_writes.checkpoint_id)";
+    let hashes = collect_hashes(conn, path, &format!("SELECT hash {ORPHAN}"), thread_id)?;
+    conn.prepare_cached(&format!("DELETE {ORPHAN}"))
+        .and_then(|mut st| st.execute([thread_id]))
+        .map_err(sql(path))?;
+    Ok(hashes)
+}
+
+/// Deletes the channel values of `thread_id` that no remaining checkpoint's version map
+/// names; returns their value hashes.
+fn drop_dead_channel_values(conn: &Connection, path: &Path, thread_id: &str) -> Result<Vec<Hash>> {
+    let mut live: HashSet<(String, String, String)> = HashSet::new();
+    {
+        let mut st = conn
+            .prepare_cached(
+                "SELECT checkpoint_ns, versions FROM thread_checkpoints WHERE thread_id = ?1",
+            )
+            .map_err(sql(path))?;
+        let mut rows = st.query([thread_id]).map_err(sql(path))?;
+        while let Some(row) = rows.next().map_err(sql(path))? {
+            let ns: String = row.get(0).map_err(sql(path))?;
+            let versions = decode_versions(path, &row.get::<_, Vec<u8>>(1).map_err(sql(path))?)?;
+            live.extend(versions.into_iter().map(|(c, v)| (ns.clone(), c, v)));
+        }
+    }
+    let mut dead = Vec::new();
+    {
+        let mut st = conn
+            .prepare_cached(
+                "SELECT checkpoint_ns, channel, version, hash FROM thread_channel_values WHERE thread_id = ?1",
+            )
+            .map_err(sql(path))?;
+        let mut rows = st.query([thread_id]).map_err(sql(path))?;
+        while let Some(row) = rows.next().map_err(sql(path))? {
+            let key: (String, String, String) = (
+                row.get(0).map_err(sql(path))?,
+                row.get(1).map_err(sql(path))?,
+                row.get(2).map_err(sql(path))?,
+            );
+            if !live.contains(&key) {
+                dead.push((key, row.get::<_, Option<Hash>>(3).map_err(sql(path))?));
+            }
+        }
+    }
+    let mut del = conn
+        .prepare_cached(
+            "DELETE FROM thread_channel_values
+              WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4",
+        )
+        .map_err(sql(path))?;
+    let mut hashes = Vec::new();
+    for ((ns, channel, version), hash) in dead {
+        del.execute(params![thread_id, ns, channel, version])
+            .map_err(sql(path))?;
+        hashes.extend(hash);
+    }
+    Ok(hashes)
+}
+
+/// After checkpoints of `threads` were deleted: drops their orphan writes, dead channel
+/// values and unreferenced bytes.
+fn collect_garbage(conn: &Connection, path: &Path, threads: &HashSet<String>) -> Result<()> {
+    let mut candidates = HashSet::new();
+    for thread_id in threads {
+        candidates.extend(drop_orphan_writes(conn, path, thread_id)?);
+        candidates.extend(drop_dead_channel_values(conn, path, thread_id)?);
+    }
+    drop_unreferenced_values(conn, path, candidates)
+}
+
+fn encode_versions(versions: &[(String, String)]) -> Vec<u8> {
+    rmp_serde::to_vec(versions).expect("a list of string pairs encodes")
+}
+
+fn decode_versions(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| corrupt(path, "thread_checkpoints", format!("versions: {e}")))
+}
+
+/// A `thread_checkpoints` row read with [`HEADER_COLUMNS`], contents not loaded yet.
+struct Header {
+    checkpoint: ThreadCheckpoint,
+    versions: Vec<u8>,
+}
+
+impl Header {
+    /// The checkpoint with its version map decoded (and no contents).
+    fn decoded(self, path: &Path) -> Result<ThreadCheckpoint> {
+        let mut checkpoint = self.checkpoint;
+        checkpoint.versions = decode_versions(path, &self.versions)?;
+        Ok(checkpoint)
+    }
+}
+
+fn header_from_row(r: &Row<'_>) -> rusqlite::Result<Header> {
+    Ok(Header {
+        checkpoint: ThreadCheckpoint {
+            thread_id: r.get(0)?,
+            checkpoint_ns: r.get(1)?,
+            checkpoint_id: r.get(2)?,
+            parent_id: r.get(3)?,
+            checkpoint: TypedBytes::new(r.get::<_, String>(4)?, r.get(5)?),
+            metadata: TypedBytes::new(r.get::<_, String>(6)?, r.get(7)?),
+            versions: Vec::new(),
+            values: Vec::new(),
+            writes: Vec::new(),
+        },
+        versions: r.get(8)?,
+    })
+}
+
+/// Loads the channel values and pending writes of a checkpoint.
+fn load_contents(conn: &Connection, path: &Path, header: Header) -> Result<ThreadCheckpoint> {
+    let mut checkpoint = header.decoded(path)?;
+    let cp = &checkpoint;
+    let mut values = Vec::new();
+    {
+        let mut st = conn
+            .prepare_cached(
+                "SELECT v.type, v.data FROM thread_channel_values c JOIN thread_values v ON v.hash = c.hash
+                  WHERE c.thread_id = ?1 AND c.checkpoint_ns = ?2 AND c.channel = ?3 AND c.version = ?4",
+            )
+            .map_err(sql(path))?;
+        for (channel, version) in &cp.versions {
+            let value = st
+                .query_row(
+                    params![cp.thread_id, cp.checkpoint_ns, channel, version],
+                    |r| Ok(TypedBytes::new(r.get::<_, String>(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(sql(path))?;
+            if let Some(value) = value {
+                values.push((channel.clone(), value));
+            }
+        }
+    }
+    let writes = conn
+        .prepare_cached(
+            "SELECT w.task_id, w.channel, v.type, v.data, w.task_path
+               FROM thread_writes w JOIN thread_values v ON v.hash = w.hash
+              WHERE w.thread_id = ?1 AND w.checkpoint_ns = ?2 AND w.checkpoint_id = ?3
+              ORDER BY w.task_path, w.task_id, w.idx",
+        )
+        .and_then(|mut st| {
+            st.query_map(
+                params![cp.thread_id, cp.checkpoint_ns, cp.checkpoint_id],
+                |r| {
+                    Ok(PendingWrite {
+                        task_id: r.get(0)?,
+                        channel: r.get(1)?,
+                        value: TypedBytes::new(r.get::<_, String>(2)?, r.get(3)?),
+                        task_path: r.get(4)?,
+                    })
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql(path))?;
+    checkpoint.values = values;
+    checkpoint.writes = writes;
+    Ok(checkpoint)
+}
+
+/// Runs `f` in one read transaction on the reader connection.
+fn in_snapshot<T>(
+    conn: &Connection,
+    path: &Path,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    let tx = conn.unchecked_transaction().map_err(sql(path))?;
+    let out = f(&tx)?;
+    tx.finish().map_err(sql(path))?;
+    Ok(out)
+}
+
+fn path_of(store: &SqliteStore) -> PathBuf {
+    store.path.clone()
+}
+
+impl ThreadStore for SqliteStore {
+    fn put_checkpoint(&self, cp: NewThreadCheckpoint) -> Result<()> {
+        let path = path_of(self);
+        self.writer.call(move |conn, _| {
+            let mut replaced = HashSet::new();
+            for (channel, version, value) in &cp.new_values {
+                let hash = value.as_ref().map(|v| store_value(conn, &path, v)).transpose()?;
+                let old: Option<Option<Hash>> = conn
+                    .prepare_cached(
+                        "SELECT hash FROM thread_channel_values
+                          WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4",
+                    )
+                    .and_then(|mut st| {
+                        st.query_row(params![cp.thread_id, cp.checkpoint_ns, channel, version], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(sql(&path))?;
+                if let Some(Some(old)) = old {
+                    if Some(&old) != hash.as_ref() {
+                        replaced.insert(old);
+                    }
+                }
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO thread_channel_values (thread_id, checkpoint_ns, channel, version, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut st| st.execute(params![cp.thread_id, cp.checkpoint_ns, channel, version, hash]))
+                .map_err(sql(&path))?;
+            }
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO thread_checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_id, run_id,
+                     checkpoint_type, checkpoint, metadata_type, metadata, versions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    cp.thread_id,
+                    cp.checkpoint_ns,
+                    cp.checkpoint_id,
+                    cp.parent_id,
+                    cp.run_id,
+                    cp.checkpoint.type_tag,
+                    cp.checkpoint.data,
+                    cp.metadata.type_tag,
+                    cp.metadata.data,
+                    encode_versions(&cp.versions),
+                ])
+            })
+            .map_err(sql(&path))?;
+            drop_unreferenced_values(conn, &path, replaced)
+        })
+    }
+
+    fn put_writes(&self, w: NewThreadWrites) -> Result<()> {
+        let path = path_of(self);
+        self.writer.call(move |conn, _| {
+            let mut replaced = HashSet::new();
+            for (idx, channel, value) in &w.writes {
+                let hash = store_value(conn, &path, value)?;
+                let key = params![w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, idx];
+                let old: Option<Hash> = conn
+                    .prepare_cached(
+                        "SELECT hash FROM thread_writes WHERE thread_id = ?1 AND checkpoint_ns = ?2
+                            AND checkpoint_id = ?3 AND task_id = ?4 AND idx = ?5",
+                    )
+                    .and_then(|mut st| st.query_row(key, |r| r.get(0)).optional())
+                    .map_err(sql(&path))?;
+                match old {
+                    // A regular write is stored once: a retried task does not duplicate it.
+                    Some(_) if *idx >= 0 => continue,
+                    Some(old) if old != hash => {
+                        replaced.insert(old);
+                    }
+                    _ => {}
+                }
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO thread_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx,
+                         channel, hash, task_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        w.thread_id,
+                        w.checkpoint_ns,
+                        w.checkpoint_id,
+                        w.task_id,
+                        idx,
+                        channel,
+                        hash,
+                        w.task_path
+                    ])
+                })
+                .map_err(sql(&path))?;
+            }
+            drop_unreferenced_values(conn, &path, replaced)
+        })
+    }
+
+    fn get_checkpoint(
+        &self,
+        thread_id: &str,
+        checkpoint_ns: &str,
+        checkpoint_id: Option<&str>,
+    ) -> Result<Option<ThreadCheckpoint>> {
+        let path = &self.path;
+        self.read(|conn| {
+            in_snapshot(conn, path, |conn| {
+                let header = match checkpoint_id {
+                    Some(id) => conn
+                        .prepare_cached(&format!(
+                            "SELECT {HEADER_COLUMNS} FROM thread_checkpoints
+                              WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3"
+                        ))
+                        .and_then(|mut st| st.query_row(params![thread_id, checkpoint_ns, id], header_from_row).optional()),
+                    None => conn
+                        .prepare_cached(&format!(
+                            "SELECT {HEADER_COLUMNS} FROM thread_checkpoints
+                              WHERE thread_id = ?1 AND checkpoint_ns = ?2 ORDER BY checkpoint_id DESC LIMIT 1"
+                        ))
+                        .and_then(|mut st| st.query_row(params![thread_id, checkpoint_ns], header_from_row).optional()),
+                }
+                .map_err(sql(path))?;
+                header.map(|h| load_contents(conn, path, h)).transpose()
+            })
+        })
+    }
+
+    fn list_checkpoints(&self, q: &ThreadQuery) -> Result<Vec<ThreadCheckpoint>> {
+        let path = &self.path;
+        let mut clauses: Vec<&str> = Vec::new();
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        if let Some(t) = &q.thread_id {
+            clauses.push("thread_id = ?");
+            args.push(t);
+        }
+        if let Some(ns) = &q.checkpoint_ns {
+            clauses.push("checkpoint_ns = ?");
+            args.push(ns);
+        }
+        if let Some(id) = &q.checkpoint_id {
+            clauses.push("checkpoint_id = ?");
+            args.push(id);
+        }
+        if let Some(before) = &q.before {
+            clauses.push("checkpoint_id < ?");
+            args.push(before);
+        }
+        if let Some((id, thread, ns)) = &q.after {
+            clauses.push("(checkpoint_id, thread_id, checkpoint_ns) < (?, ?, ?)");
+            args.extend([id as &dyn rusqlite::ToSql, thread, ns]);
+        }
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let limit = q.limit.map(|n| format!("LIMIT {n}")).unwrap_or_default();
+        let query = format!(
+            "SELECT {HEADER_COLUMNS} FROM thread_checkpoints {filter}
+              ORDER BY checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC {limit}"
+        );
+        self.read(|conn| {
+            in_snapshot(conn, path, |conn| {
+                let headers = conn
+                    .prepare_cached(&query)
+                    .and_then(|mut st| {
+                        st.query_map(args.as_slice(), header_from_row)?
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .map_err(sql(path))?;
+                headers
+                    .into_iter()
+                    .map(|h| {
+                        if q.with_contents {
+                            load_contents(conn, path, h)
+                        } else {
+                            h.decoded(path)
+                        }
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    fn delete_threads(&self, thread_ids: &[String]) -> Result<usize> {
+        let path = path_of(self);
+        let thread_ids = thread_ids.to_vec();
+        self.writer.call(move |conn, _| {
+            let mut deleted = 0;
+            let mut candidates = HashSet::new();
+            for t in &thread_ids {
+                candidates.extend(collect_hashes(
+                    conn,
+                    &path,
+                    "SELECT hash FROM thread_channel_values WHERE thread_id = ?1
+                     UNION SELECT hash FROM thread_writes WHERE thread_id = ?1",
+                    t,
+                )?);
+                for table in ["thread_channel_values", "thread_writes"] {
+                    conn.prepare_cached(&format!("DELETE FROM {table} WHERE thread_id = ?1"))
+                        .and_then(|mut st| st.execute([t]))
+                        .map_err(sql(&path))?;
+                }
+                deleted += conn
+                    .prepare_cached("DELETE FROM thread_checkpoints WHERE thread_id = ?1")
+                    .and_then(|mut st| st.execute([t]))
+                    .map_err(sql(&path))?;
+            }
+            drop_unreferenced_values(conn, &path, candidates)?;
+            Ok(deleted)
+        })
+    }
+
+    fn delete_runs(&self, run_ids: &[String]) -> Result<usize> {
+        let path = path_of(self);
+        let run_ids = run_ids.to_vec();
+        self.writer.call(move |conn, _| {
+            let mut threads = HashSet::new();
+            let mut deleted = 0;
+            for run_id in &run_ids {
+                let mut st = conn
+                    .prepare_cached(
+                        "SELECT DISTINCT thread_id FROM thread_checkpoints WHERE run_id = ?1",
+                    )
+                    .map_err(sql(&path))?;
+                let found = st
+                    .query_map([run_id], |r| r.get::<_, String>(0))
+                    .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                    .map_err(sql(&path))?;
+                threads.extend(found);
+                deleted += conn
+                    .prepare_cached("DELETE FROM thread_checkpoints WHERE run_id = ?1")
+                    .and_then(|mut st| st.execute([run_id]))
+                    .map_err(sql(&path))?;
+            }
+            collect_garbage(conn, &path, &threads)?;
+            Ok(deleted)
+        })
+    }
+
+    fn copy_thread(&self, source: &str, target: &str) -> Result<usize> {
+        let path = path_of(self);
+        let (source, target) = (source.to_string(), target.to_string());
+        self.writer.call(move |conn, _| {
+            let run = |query: &str| {
+                conn.prepare_cached(query)
+                    .and_then(|mut st| st.execute(params![source, target]))
+                    .map_err(sql(&path))
+            };
+            run("INSERT OR REPLACE INTO thread_channel_values (thread_id, checkpoint_ns, channel, version, hash)
+                 SELECT ?2, checkpoint_ns, channel, version, hash FROM thread_channel_values WHERE thread_id = ?1")?;
+            run("INSERT OR REPLACE INTO thread_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, hash, task_path)
+                 SELECT ?2, checkpoint_ns, checkpoint_id, task_id, idx, channel, hash, task_path
+                   FROM thread_writes WHERE thread_id = ?1")?;
+            run("INSERT OR REPLACE INTO thread_checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_id, run_id,
+                     checkpoint_type, checkpoint, metadata_type, metadata, versions)
+                 SELECT ?2, checkpoint_ns, checkpoint_id, parent_id, run_id, checkpoint_type, checkpoint,
+                        metadata_type, metadata, versions FROM thread_checkpoints WHERE thread_id = ?1")
+        })
+    }
+
+    fn prune(&self, thread_ids: &[String], strategy: PruneStrategy) -> Result<usize> {
+        if strategy == PruneStrategy::DeleteAll {
+            return self.delete_threads(thread_ids);
+        }
+        let path = path_of(self);
+        let thread_ids = thread_ids.to_vec();
+        self.writer.call(move |conn, _| {
+            let mut deleted = 0;
+            for t in &thread_ids {
+                deleted += conn
+                    .prepare_cached(
+                        "DELETE FROM thread_checkpoints WHERE thread_id = ?1 AND checkpoint_id <
+                           (SELECT max(c.checkpoint_id) FROM thread_checkpoints c
+                             WHERE c.thread_id = ?1 AND c.checkpoint_ns = thread_checkpoints.checkpoint_ns)",
+                    )
+                    .and_then(|mut st| st.execute([t]))
+                    .map_err(sql(&path))?;
+            }
+            collect_garbage(conn, &path, &thread_ids.into_iter().collect())?;
+            Ok(deleted)
+        })
+    }
+}
