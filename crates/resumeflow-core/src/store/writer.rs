@@ -1,13 +1,12 @@
-//! The single writer thread: owns the write connection and commits queued operations in
-//! groups (group commit). Operations that arrive while a commit is in flight share the next
-//! transaction; each runs in its own savepoint, so a refused operation (a stale fencing
-//! token, say) leaves no trace and does not undo the others.
+//! The single writer: one write connection that commits queued operations in groups (group
+//! commit). Operations that arrive while a commit is in flight share the next transaction;
+//! each runs in its own savepoint, so a refused operation (a stale fencing token, say)
+//! leaves no trace and does not undo the others.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, DropBehavior, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -60,88 +59,177 @@ where
     }
 }
 
-enum Msg {
-    Job(Box<dyn WriteJob>),
-    Close,
+/// Jobs waiting for a commit, and whether the writer is closing.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Box<dyn WriteJob>>,
+    closed: bool,
 }
 
-/// Handle to the writer thread.
-pub struct Writer {
-    tx: Mutex<Option<Sender<Msg>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the background thread when `submit` queued a job.
+    wake: Condvar,
+    /// The write connection: whoever holds it commits everything queued (the leader).
+    conn: Mutex<Option<Connection>>,
     path: PathBuf,
+}
+
+impl Shared {
+    /// Takes up to [`MAX_GROUP`] queued jobs.
+    fn drain(&self) -> Vec<Box<dyn WriteJob>> {
+        let mut queue = self.queue.lock().expect("writer queue");
+        let n = queue.jobs.len().min(MAX_GROUP);
+        queue.jobs.drain(..n).collect()
+    }
+
+    /// Commits what is queued, as one group, if the connection is still open; with the
+    /// connection lock held by the caller.
+    fn commit_queued(&self, conn: &mut Option<Connection>) {
+        let jobs = self.drain();
+        if jobs.is_empty() {
+            return;
+        }
+        match conn.as_mut() {
+            Some(conn) => commit_group(conn, &self.path, jobs),
+            None => {
+                let err: Error = StoreError::Closed {
+                    path: self.path.clone(),
+                }
+                .into();
+                for mut job in jobs {
+                    job.fail(err.clone());
+                    job.deliver(None);
+                }
+            }
+        }
+    }
+}
+
+/// Handle to the writer: one connection, group commit.
+///
+/// A blocking [`Writer::call`] commits on the calling thread when the connection is free
+/// (leader/follower group commit: whoever holds the connection commits every queued job in
+/// one transaction), so an uncontended write costs no thread hand-off. [`Writer::submit`]
+/// queues the job for the background thread and returns at once.
+pub struct Writer {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    durability: Durability,
 }
 
 /// Most operations one transaction takes.
 const MAX_GROUP: usize = 1024;
 
 impl Writer {
-    /// Starts the writer thread on `conn`.
+    /// Starts the writer's background thread on `conn`.
     pub fn spawn(conn: Connection, path: PathBuf, durability: Durability) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread_path = path.clone();
+        // There is no artificial window: work that arrives while a commit is in flight
+        // shares the next one, and no caller is delayed on purpose.
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            conn: Mutex::new(Some(conn)),
+            path,
+        });
+        let background = shared.clone();
         let thread = std::thread::Builder::new()
             .name("resumeflow-writer".into())
-            .spawn(move || run(conn, &rx, &thread_path, durability))
+            .spawn(move || run(&background))
             .expect("spawn writer thread");
         Self {
-            tx: Mutex::new(Some(tx)),
+            shared,
             thread: Mutex::new(Some(thread)),
-            path,
+            durability,
         }
     }
 
-    /// Queues `work`; its result arrives on the returned receiver after the commit.
-    pub fn submit<T, F>(&self, work: F) -> oneshot::Receiver<Result<T>>
+    /// Queues `work` (waking the background thread if `wake`); returns its receiver, on
+    /// which a closed writer's refusal is already delivered.
+    fn enqueue<T, F>(&self, work: F, wake: bool) -> oneshot::Receiver<Result<T>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, f64) -> Result<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job = Box::new(TypedJob {
+        let mut job: Box<dyn WriteJob> = Box::new(TypedJob {
             work: Some(work),
             result: None,
             reply,
         });
-        let guard = self.tx.lock().expect("writer lock");
-        let refused: Option<Box<dyn WriteJob>> = match guard.as_ref() {
-            Some(tx) => match tx.send(Msg::Job(job)) {
-                Ok(()) => None,
-                Err(std::sync::mpsc::SendError(Msg::Job(job))) => Some(job),
-                Err(_) => unreachable!("only jobs are sent here"),
-            },
-            None => Some(job),
-        };
-        if let Some(mut job) = refused {
+        let mut queue = self.shared.queue.lock().expect("writer queue");
+        if queue.closed {
+            drop(queue);
             job.fail(self.closed());
             job.deliver(None);
+            return rx;
+        }
+        queue.jobs.push_back(job);
+        drop(queue);
+        if wake {
+            self.shared.wake.notify_one();
         }
         rx
     }
 
-    /// Queues `work` and waits for the commit.
+    /// Queues `work`; its result arrives on the returned receiver after the commit.
+    ///
+    /// With `Durability::Sync` the caller waits for the commit anyway, so when the
+    /// connection is free the commit happens here, before returning (no thread hand-off);
+    /// otherwise (and always in the other modes, whose callers do not wait) the background
+    /// thread or the current leader commits it.
+    pub fn submit<T, F>(&self, work: F) -> oneshot::Receiver<Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, f64) -> Result<T> + Send + 'static,
+    {
+        if self.durability != Durability::Sync {
+            return self.enqueue(work, true);
+        }
+        let rx = self.enqueue(work, false);
+        match self.shared.conn.try_lock() {
+            Ok(mut conn) => self.shared.commit_queued(&mut conn),
+            Err(_) => self.shared.wake.notify_one(),
+        }
+        rx
+    }
+
+    /// Runs `work` and waits for its commit, committing on this thread when the connection
+    /// is free (with whatever else is queued).
     pub fn call<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, f64) -> Result<T> + Send + 'static,
     {
-        self.submit(work)
-            .blocking_recv()
-            .unwrap_or(Err(Error::Shutdown))
+        let mut rx = self.enqueue(work, false);
+        loop {
+            match rx.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Shutdown),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let mut conn = self.shared.conn.lock().expect("writer connection");
+            // Another leader may have committed our job while we waited for the lock.
+            match rx.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Shutdown),
+                Err(oneshot::error::TryRecvError::Empty) => self.shared.commit_queued(&mut conn),
+            }
+        }
     }
 
     fn closed(&self) -> Error {
         StoreError::Closed {
-            path: self.path.clone(),
+            path: self.shared.path.clone(),
         }
         .into()
     }
 
-    /// Commits what is queued and stops the thread.
+    /// Commits what is queued and stops the background thread; later jobs fail with
+    /// `StoreError::Closed`.
     pub fn close(&self) {
-        if let Some(tx) = self.tx.lock().expect("writer lock").take() {
-            let _ = tx.send(Msg::Close);
-        }
+        self.shared.queue.lock().expect("writer queue").closed = true;
+        self.shared.wake.notify_all();
         let thread = self.thread.lock().expect("writer lock").take();
         if let Some(thread) = thread {
             let _ = thread.join();
@@ -149,49 +237,27 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, rx: &Receiver<Msg>, path: &Path, durability: Durability) {
-    // No artificial window: work that arrives while a commit is in flight shares the next
-    // one (group commit), and a caller waiting for its commit is never delayed on purpose.
-    // `durability` only sets the connection's `synchronous` level (see `SqliteStore::open`).
-    let _ = durability;
-    let window = Duration::ZERO;
+/// The background thread: commits what `submit` queued until the writer closes, then what
+/// is left, then closes the connection.
+fn run(shared: &Shared) {
     loop {
-        let Ok(first) = rx.recv() else { return };
-        let Msg::Job(first) = first else { break };
-        let mut jobs = vec![first];
-        let deadline = Instant::now() + window;
-        let mut closing = false;
-        while jobs.len() < MAX_GROUP {
-            let next = if window.is_zero() {
-                rx.try_recv().ok()
-            } else {
-                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .ok()
-            };
-            match next {
-                Some(Msg::Job(j)) => jobs.push(j),
-                Some(Msg::Close) => {
-                    closing = true;
-                    break;
-                }
-                None => break,
+        {
+            let mut queue = shared.queue.lock().expect("writer queue");
+            while queue.jobs.is_empty() && !queue.closed {
+                queue = shared.wake.wait(queue).expect("writer queue");
+            }
+            if queue.jobs.is_empty() && queue.closed {
+                break;
             }
         }
-        commit_group(&mut conn, path, jobs);
-        if closing {
-            break;
-        }
+        let mut conn = shared.conn.lock().expect("writer connection");
+        shared.commit_queued(&mut conn);
     }
-    let rest: Vec<Box<dyn WriteJob>> = rx
-        .try_iter()
-        .filter_map(|m| match m {
-            Msg::Job(j) => Some(j),
-            Msg::Close => None,
-        })
-        .collect();
-    if !rest.is_empty() {
-        commit_group(&mut conn, path, rest);
+    let mut conn = shared.conn.lock().expect("writer connection");
+    while !shared.queue.lock().expect("writer queue").jobs.is_empty() {
+        shared.commit_queued(&mut conn);
     }
+    conn.take();
 }
 
 fn sqlite_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
