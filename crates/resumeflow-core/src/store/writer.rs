@@ -90,19 +90,18 @@ impl Shared {
         if jobs.is_empty() {
             return;
         }
-        match conn.as_mut() {
-            Some(conn) => commit_group(conn, &self.path, jobs),
-            None => {
-                let err: Error = StoreError::Closed {
-                    path: self.path.clone(),
-                }
-                .into();
-                for mut job in jobs {
-                    job.fail(err.clone());
-                    job.deliver(None);
-                }
+        let Some(conn) = conn.as_mut() else {
+            let err: Error = StoreError::Closed {
+                path: self.path.clone(),
             }
-        }
+            .into();
+            for mut job in jobs {
+                job.fail(err.clone());
+                job.deliver(None);
+            }
+            return;
+        };
+        commit_group(conn, &self.path, jobs);
     }
 }
 
