@@ -255,12 +255,16 @@ impl Engine {
         executor: Arc<dyn NodeExecutor>,
         options: &ResumeOptions,
     ) -> Result<RunHandle> {
-        let stored = self.inner.store.load_run(run_id)?;
+        let stored = self.inner.store.load_run_without_graph(run_id)?;
         if stored.graph_hash != graph.structural_hash() && !options.allow_mismatch {
+            let detail = match self.inner.store.load_run(run_id)?.graph {
+                Some(stored_graph) => stored_graph.describe_difference(&graph),
+                None => "structure differs".to_string(),
+            };
             return Err(Error::WorkflowMismatch {
                 run_id: run_id.to_string(),
                 stored: stored.state.workflow.clone(),
-                detail: stored.graph.describe_difference(&graph),
+                detail,
             });
         }
         for node in options.updates.keys() {
@@ -474,9 +478,10 @@ impl Engine {
     }
 
     fn require_node_of_run(&self, run_id: &str, node_id: &str) -> Result<()> {
-        let run = self.inner.store.load_run(run_id)?;
-        run.graph.require_node(node_id, "node_id")?;
-        Ok(())
+        match self.inner.store.load_run(run_id)?.graph {
+            Some(graph) => Ok(graph.require_node(node_id, "node_id").map(|_| ())?),
+            None => Ok(()),
+        }
     }
 
     /// Saves a node's progress from outside the node (an operator write, not fenced).

@@ -113,6 +113,19 @@ pub struct Graph {
     nodes: Vec<NodeSpec>,
     #[serde(skip)]
     index: HashMap<String, usize>,
+    #[serde(skip)]
+    hash: HashCache,
+}
+
+/// The structural hash, computed once per graph (a graph is immutable once built). Never
+/// part of a graph's equality.
+#[derive(Debug, Clone, Default)]
+struct HashCache(std::sync::OnceLock<String>);
+
+impl PartialEq for HashCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// True if `s` is a usable workflow or node name.
@@ -183,7 +196,12 @@ impl Graph {
             .enumerate()
             .map(|(i, n)| (n.id.clone(), i))
             .collect();
-        Self { name, nodes, index }
+        Self {
+            name,
+            nodes,
+            index,
+            hash: HashCache::default(),
+        }
     }
 
     /// The workflow name.
@@ -295,6 +313,10 @@ impl Graph {
     /// assert_eq!(a.structural_hash(), b.structural_hash());
     /// ```
     pub fn structural_hash(&self) -> String {
+        self.hash.0.get_or_init(|| self.compute_hash()).clone()
+    }
+
+    fn compute_hash(&self) -> String {
         let mut h = blake3::Hasher::new();
         let mut feed = |s: &str| {
             h.update(&(s.len() as u64).to_le_bytes());

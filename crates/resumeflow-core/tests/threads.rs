@@ -303,21 +303,37 @@ fn sixteen_threads_put_at_once_through_one_writer() {
 fn a_version_1_store_is_migrated_and_keeps_its_runs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
-    open(&path).close();
+    let graph =
+        resumeflow_core::Graph::new("wf", vec![resumeflow_core::NodeSpec::new("a")]).unwrap();
     {
+        // A store exactly as version 1 wrote it, with one run.
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
+        conn.execute_batch(resumeflow_core::store::migrations()[0])
+            .unwrap();
+        conn.execute(
             "INSERT INTO runs (run_id, workflow, graph_hash, graph, inputs, labels, status, created_at, updated_at)
-               VALUES ('old', 'wf', 'h', x'', x'', x'', 'completed', 0, 0);
-             DROP TABLE thread_checkpoints; DROP TABLE thread_channel_values;
-             DROP TABLE thread_writes; DROP TABLE thread_values; PRAGMA user_version = 1;",
+               VALUES ('old', 'wf', ?1, ?2, ?3, ?4, 'paused', 0, 0)",
+            rusqlite::params![
+                graph.structural_hash(),
+                rmp_serde::to_vec_named(&graph).unwrap(),
+                rmp_serde::to_vec_named(&std::collections::BTreeMap::<String, Vec<u8>>::new()).unwrap(),
+                rmp_serde::to_vec_named(&std::collections::BTreeMap::from([("team", "ml")])).unwrap(),
+            ],
         )
         .unwrap();
+        conn.execute_batch("PRAGMA application_id = 1380338775; PRAGMA user_version = 1;")
+            .unwrap();
     }
     let store = open(&path);
+    let run = store.load_run("old").unwrap();
+    assert_eq!(
+        run.graph.unwrap(),
+        graph,
+        "the graph moved to run_specs intact"
+    );
+    assert_eq!(run.state.labels.get("team").map(String::as_str), Some("ml"));
     chain(&store, "t", 2, "r");
     assert!(store.get_checkpoint("t", "", None).unwrap().is_some());
-    assert!(store.threads().is_some());
     store.close();
     let conn = Connection::open(&path).unwrap();
     let version: i64 = conn

@@ -491,20 +491,22 @@ pub fn create(
     let inputs = rmp_serde::to_vec_named(&EncodedInputs(&run.inputs)).expect("inputs encode");
     let labels = rmp_serde::to_vec_named(&run.labels).expect("labels encode");
     conn.prepare_cached(
-        "INSERT INTO runs (run_id, workflow, graph_hash, graph, inputs, labels, status, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+        "INSERT INTO runs (run_id, workflow, graph_hash, status, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
     )
     .and_then(|mut st| {
         st.execute(params![
             run.run_id,
             run.graph.name(),
             run.graph.structural_hash(),
-            graph,
-            inputs,
-            labels,
             now
         ])
     })
+    .map_err(sql(path))?;
+    conn.prepare_cached(
+        "INSERT INTO run_specs (run_id, graph, inputs, labels) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut st| st.execute(params![run.run_id, graph, inputs, labels]))
     .map_err(sql(path))?;
     let created = EventKind::RunCreated {
         workflow: run.graph.name().to_string(),

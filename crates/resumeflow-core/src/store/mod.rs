@@ -23,7 +23,7 @@ use crate::graph::Graph;
 use crate::lease::{Lease, LeaseRequest};
 use crate::state::{Checkpoint, RunState, RunStatus, ValueRef};
 
-pub use schema::SCHEMA_VERSION;
+pub use schema::{migrations, SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 
 /// How hard a commit is pushed to disk before the engine moves on.
@@ -112,7 +112,8 @@ pub type CommitTicket = oneshot::Receiver<Result<()>>;
 #[derive(Debug, Clone)]
 pub struct StoredRun {
     pub state: RunState,
-    pub graph: Graph,
+    /// The stored graph; `None` from [`Store::load_run_without_graph`].
+    pub graph: Option<Graph>,
     pub graph_hash: String,
     pub inputs: BTreeMap<String, Vec<u8>>,
     pub lease_owner: Option<String>,
@@ -168,6 +169,11 @@ pub trait Store: Send + Sync + 'static {
             .unwrap_or(Err(crate::Error::Shutdown))
     }
     fn load_run(&self, run_id: &str) -> Result<StoredRun>;
+    /// [`Store::load_run`] without decoding the stored graph (`graph` is `None` and
+    /// `state.node_order` empty): what a resume needs, as it has the caller's graph.
+    fn load_run_without_graph(&self, run_id: &str) -> Result<StoredRun> {
+        self.load_run(run_id)
+    }
     fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<StoredRun>>;
     fn load_value(&self, value: &ValueRef) -> Result<Vec<u8>>;
     fn load_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>>;

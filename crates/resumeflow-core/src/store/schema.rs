@@ -1,10 +1,11 @@
 //! The SQLite schema, its version and migrations.
 //!
 //! Tables (all keyed by `run_id` first so one run's rows sit together):
-//! - `runs`: one row per run: workflow name, structural hash and graph (msgpack), encoded
-//!   inputs, labels, the run-level projection (`status`, `error`, `head_checkpoint`,
+//! - `runs`: one row per run: workflow name, structural hash, the run-level projection (`status`, `error`, `head_checkpoint`,
 //!   `updated_at`), counters (`last_seq`, `last_checkpoint`) and the lease
 //!   (`lease_owner`, `lease_expires`, `lease_token` — the fencing token).
+//! - `run_specs` (version 3): what never changes after creation: the graph (msgpack), the
+//!   encoded inputs and the labels (kept out of `runs`, whose row every commit rewrites).
 //! - `events`: the append-only log, `(run_id, seq)`, kind name and rmp-serde payload.
 //! - `node_states`: the node-level projection, updated in the same transaction as each event.
 //! - `checkpoints` + `checkpoint_nodes`: one checkpoint per committed step with its parent and
@@ -25,10 +26,12 @@ use rusqlite::Connection;
 /// 'RFLW'
 pub const APPLICATION_ID: i64 = 0x5246_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations by target version; index 0 creates version 1, index 1 adds the thread
-/// checkpoint tables of version 2 (see [`crate::threads`]).
+/// checkpoint tables of version 2 (see [`crate::threads`]), index 2 (version 3) moves a run's
+/// graph, inputs and labels out of `runs` into `run_specs`: they never change, and as columns of
+/// `runs` every commit that updated the run's head rewrote them (a 5,000-node graph is ~200 KB).
 const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE runs (
@@ -153,7 +156,25 @@ CREATE TABLE thread_values (
     data BLOB NOT NULL
 ) WITHOUT ROWID;
 ",
+    r"
+CREATE TABLE run_specs (
+    run_id TEXT PRIMARY KEY,
+    graph  BLOB NOT NULL,
+    inputs BLOB NOT NULL,
+    labels BLOB NOT NULL
+);
+INSERT INTO run_specs (run_id, graph, inputs, labels) SELECT run_id, graph, inputs, labels FROM runs;
+ALTER TABLE runs DROP COLUMN graph;
+ALTER TABLE runs DROP COLUMN inputs;
+ALTER TABLE runs DROP COLUMN labels;
+",
 ];
+
+/// The SQL of each migration (index `i` creates version `i + 1`), for migration tests.
+#[doc(hidden)]
+pub fn migrations() -> &'static [&'static str] {
+    MIGRATIONS
+}
 
 /// What the file holds before we touch it.
 pub enum Existing {

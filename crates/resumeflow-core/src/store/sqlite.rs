@@ -180,15 +180,18 @@ impl SqliteStore {
         }
     }
 
-    fn stored_run(&self, conn: &Connection, run_id: &str) -> Result<StoredRun> {
+    /// The run's row and node states; the stored graph is decoded only `with_graph` (it is
+    /// the costliest part for a large graph, and a resume has the caller's graph).
+    fn stored_run(&self, conn: &Connection, run_id: &str, with_graph: bool) -> Result<StoredRun> {
         let map = sql(&self.path);
         let row = conn
             .prepare_cached(
-                "SELECT workflow, graph_hash, graph, inputs, labels, status, error, created_at, updated_at,
-                        head_checkpoint, lease_owner, lease_expires, lease_token, last_seq FROM runs WHERE run_id = ?1",
+                "SELECT r.workflow, r.graph_hash, CASE WHEN ?2 THEN s.graph ELSE x'' END, s.inputs, s.labels, r.status, r.error, r.created_at,
+                        r.updated_at, r.head_checkpoint, r.lease_owner, r.lease_expires, r.lease_token, r.last_seq
+                   FROM runs r JOIN run_specs s ON s.run_id = r.run_id WHERE r.run_id = ?1",
             )
             .and_then(|mut st| {
-                st.query_row([run_id], |r| {
+                st.query_row(rusqlite::params![run_id, with_graph], |r| {
                     Ok((
                         (
                             r.get::<_, String>(0)?,
@@ -228,9 +231,15 @@ impl SqliteStore {
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             corrupt(&self.path, "runs", format!("run {run_id:?} {what}: {e}"))
         };
-        let graph: Graph = rmp_serde::from_slice::<Graph>(&graph)
-            .map_err(|e| bad("graph", &e))?
-            .reindex();
+        let graph: Option<Graph> = if with_graph {
+            Some(
+                rmp_serde::from_slice::<Graph>(&graph)
+                    .map_err(|e| bad("graph", &e))?
+                    .reindex(),
+            )
+        } else {
+            None
+        };
         let inputs = apply::decode_inputs(&inputs).map_err(|e| bad("inputs", &e))?;
         let labels: BTreeMap<String, String> =
             rmp_serde::from_slice(&labels).map_err(|e| bad("labels", &e))?;
@@ -250,7 +259,9 @@ impl SqliteStore {
                 workflow,
                 status,
                 nodes,
-                node_order: graph.node_ids().into_iter().map(str::to_string).collect(),
+                node_order: graph.as_ref().map_or_else(Vec::new, |g| {
+                    g.node_ids().into_iter().map(str::to_string).collect()
+                }),
                 checkpoint_id: head,
                 error,
                 created_at,
@@ -346,7 +357,11 @@ impl Store for SqliteStore {
     }
 
     fn load_run(&self, run_id: &str) -> Result<StoredRun> {
-        self.read(|conn| self.stored_run(conn, run_id))
+        self.read(|conn| self.stored_run(conn, run_id, true))
+    }
+
+    fn load_run_without_graph(&self, run_id: &str) -> Result<StoredRun> {
+        self.read(|conn| self.stored_run(conn, run_id, false))
     }
 
     fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<StoredRun>> {
@@ -360,7 +375,7 @@ impl Store for SqliteStore {
                         .collect()
                 })
                 .map_err(sql(&self.path))?;
-            ids.iter().map(|id| self.stored_run(conn, id)).collect()
+            ids.iter().map(|id| self.stored_run(conn, id, true)).collect()
         })
     }
 
@@ -408,7 +423,7 @@ impl Store for SqliteStore {
 
     fn history(&self, run_id: &str) -> Result<Vec<Checkpoint>> {
         self.read(|conn| {
-            let run = self.stored_run(conn, run_id)?;
+            let run = self.stored_run(conn, run_id, true)?;
             checkpoints::history(conn, &self.path, run_id, &run.state.node_order)
         })
     }
