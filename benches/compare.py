@@ -1,231 +1,230 @@
-"""Compare resumeflow with its peers on identical work, interleaved in one run.
+"""Compare resumeflow with its peers and physical floors on identical work, interleaved in one run.
 
-    python benches/compare.py [--quick] [--json OUT]
+    python benches/compare.py [--quick] [--only W1,W3,...] [--json OUT]
 
-Workloads (shared/BENCHMARKS.md):
+Workloads (shared/BENCHMARKS.md; the measurements live in benches/workloads.py):
   W1  a chain of N no-op durable nodes (each adds 1 to its input);
-  W2  fan-out/fan-in: 1 -> 500 parallel no-op nodes -> 1.
-Systems: resumeflow (durability "sync" and "batched"), LangGraph with its SQLite checkpointer
-(durability "sync"; skipped if not installed), raw sqlite3 with one committed insert per node
-under the same pragmas (the storage floor), and plain Python calls (no durability).
+  W2  fan-out/fan-in: 1 -> 500 parallel no-op nodes -> 1;
+  W3  recovery: a run with k completed nodes is SIGKILLed mid-node; ms from `resume` until the
+      next node starts, at ~1k, 10k, 100k events;
+  W4  partial state save/load of a 1 KiB / 1 MiB / 64 MiB dict of tensors: p50/p95, MB/s vs
+      raw write+fsync and torch.save+fsync of the same bytes;
+  W5  a node returning a 512 MiB tensor: persisted GB/s vs torch.save / raw write + fsync;
+  W6  1,000 concurrent runs x 10 nodes in one fresh process: runs/s, peak RSS;
+  W7  two CPU-heavy torch nodes in parallel vs serially (and the same in plain threads);
+  W8  cleanup(keep_last=1) of 1,000 runs x 100 checkpoints: time, DB size before/after/VACUUM.
+Systems for W1/W2: resumeflow (durability "sync" and "batched"), LangGraph with its SQLite
+checkpointer (durability "sync"; skipped if not installed), DBOS on SQLite (benches/peer_dbos.py;
+skipped if absent or unavailable), raw sqlite3 with one committed insert per node under the
+same pragmas (the storage floor), and plain Python calls (no durability).
 Every durable system commits each node's result before its dependants run. Figures are
-medians of several rounds; ratios compare systems measured in the same run.
+medians of several rounds, systems interleaved within each round; ratios compare systems
+measured in the same run. The exit status is non-zero only if a workload raised.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import operator
 import os
 import platform
-import sqlite3
-import statistics
+import shlex
 import subprocess
 import sys
-import tempfile
 import time
+import traceback
 from collections.abc import Callable
-from typing import Annotated, TypedDict
 
-import resumeflow as rf
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import workloads as wl  # noqa: E402
 
-class ChainState(TypedDict):
-    x: int
+try:
+    import peer_dbos  # type: ignore[import-not-found]
+except ImportError:
+    peer_dbos = None
 
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
 
-class FanState(TypedDict):
-    x: Annotated[int, operator.add]
-
-
-def _tmp_db(tag: str) -> str:
-    return os.path.join(tempfile.mkdtemp(prefix=f"rfbench-{tag}-"), "store.db")
-
-
-# --- W1: chain ----------------------------------------------------------------------------
-
-
-def rf_chain_workflow(n: int) -> rf.Workflow:
-    wf = rf.Workflow(f"chain{n}")
-    for i in range(n):
-        if i == 0:
-            wf.node(lambda: 1, name="s0", retry=False)
-        else:
-            wf.node(lambda prev: prev + 1, name=f"s{i}", inputs={"prev": f"s{i - 1}"}, retry=False)
-    return wf
-
-
-def run_resumeflow_chain(n: int, durability: str) -> float:
-    wf = rf_chain_workflow(n)
-    wf.validate()
-    with rf.Engine(_tmp_db("rf"), durability=durability) as engine:
-        t0 = time.perf_counter()
-        state = engine.run(wf)
-        elapsed = time.perf_counter() - t0
-    assert state.values[f"s{n - 1}"] == n
-    return elapsed
+# Sizes per mode. --quick keeps the whole script under 2 minutes on 2 cores.
+CONFIG = {
+    "quick": {
+        "rounds": 3, "n": 200, "width": 100,
+        "w3_events": [1_000, 10_000],
+        "w4_sizes": [wl.KiB, wl.MiB], "w4_reps": {wl.KiB: 20, wl.MiB: 20},
+        "w5_bytes": 64 * wl.MiB, "w6_runs": 200, "w6_rounds": 1,
+        "w7_seconds": 0.5, "w8": (100, 20),
+    },
+    "full": {
+        "rounds": 5, "n": 1000, "width": 500,
+        "w3_events": [1_000, 10_000, 100_000],
+        "w4_sizes": [wl.KiB, wl.MiB, 64 * wl.MiB],
+        "w4_reps": {wl.KiB: 50, wl.MiB: 50, 64 * wl.MiB: 5},
+        "w5_bytes": 512 * wl.MiB, "w6_runs": 1000, "w6_rounds": 3,
+        "w7_seconds": 1.5, "w8": (1000, 100),
+    },
+}
 
 
-def run_langgraph_chain(n: int) -> float:
-    from langgraph.checkpoint.sqlite import SqliteSaver
-    from langgraph.graph import END, START, StateGraph
-
-    g = StateGraph(ChainState)
-    for i in range(n):
-        g.add_node(f"s{i}", lambda s: {"x": s["x"] + 1})
-        g.add_edge(START if i == 0 else f"s{i - 1}", f"s{i}")
-    g.add_edge(f"s{n - 1}", END)
-    conn = sqlite3.connect(_tmp_db("lg"), check_same_thread=False)
-    saver = SqliteSaver(conn)
-    graph = g.compile(checkpointer=saver)
-    config = {"configurable": {"thread_id": "t"}, "recursion_limit": n * 2 + 10}
-    t0 = time.perf_counter()
-    out = graph.invoke({"x": 0}, config, durability="sync")
-    elapsed = time.perf_counter() - t0
-    conn.close()
-    assert out["x"] == n
-    return elapsed
-
-
-def run_sqlite_floor(n: int, synchronous: str = "FULL") -> float:
-    conn = sqlite3.connect(_tmp_db("floor"), isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
-    t0 = time.perf_counter()
-    for i in range(n):
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO t (id, v) VALUES (?, ?)", (i, b"\x01"))
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - t0
-    conn.close()
-    return elapsed
-
-
-def run_plain_python(n: int) -> float:
-    fns = [lambda x: x + 1 for _ in range(n)]
-    t0 = time.perf_counter()
-    x = 0
-    for f in fns:
-        x = f(x)
-    assert x == n
-    return time.perf_counter() - t0
-
-
-# --- W2: fan-out / fan-in ----------------------------------------------------------------
-
-
-def run_resumeflow_fanout(width: int, durability: str) -> float:
-    wf = rf.Workflow(f"fan{width}")
-    wf.node(lambda: 1, name="src", retry=False)
-    for i in range(width):
-        wf.node(lambda src: src + 1, name=f"w{i}", inputs={"src": "src"}, retry=False)
-
-    def join(**parts):
-        return sum(parts.values())
-
-    join.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(f"w{i}", inspect.Parameter.KEYWORD_ONLY) for i in range(width)]
-    )
-    wf.node(join, name="join", retry=False)
-    wf.validate()
-    with rf.Engine(_tmp_db("rf2"), durability=durability) as engine:
-        t0 = time.perf_counter()
-        state = engine.run(wf)
-        elapsed = time.perf_counter() - t0
-    assert state.values["join"] == 2 * width
-    return elapsed
-
-
-def run_langgraph_fanout(width: int) -> float:
-    from langgraph.checkpoint.sqlite import SqliteSaver
-    from langgraph.graph import END, START, StateGraph
-
-    g = StateGraph(FanState)
-    g.add_node("src", lambda s: {"x": 1})
-    g.add_edge(START, "src")
-    for i in range(width):
-        g.add_node(f"w{i}", lambda s: {"x": 1})
-        g.add_edge("src", f"w{i}")
-    g.add_node("join", lambda s: {"x": 0})
-    g.add_edge([f"w{i}" for i in range(width)], "join")
-    g.add_edge("join", END)
-    conn = sqlite3.connect(_tmp_db("lg2"), check_same_thread=False)
-    graph = g.compile(checkpointer=SqliteSaver(conn))
-    t0 = time.perf_counter()
-    out = graph.invoke({"x": 0}, {"configurable": {"thread_id": "t"}}, durability="sync")
-    elapsed = time.perf_counter() - t0
-    conn.close()
-    assert out["x"] == 1 + width
-    return elapsed
-
-
-def _have(module: str) -> bool:
+def dbos_available() -> bool:
+    if peer_dbos is None:
+        return False
     try:
-        __import__(module)
-        return True
-    except ImportError:
+        return bool(peer_dbos.available())
+    except Exception:  # a broken peer must not stop the comparison
+        traceback.print_exc()
         return False
 
 
-def _measure(systems: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(rounds):
-        for name, fn in systems.items():  # interleaved
-            samples[name].append(fn())
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="OUT")
-    args = parser.parse_args()
-    n = 200 if args.quick else 1000
-    width = 100 if args.quick else 500
-    rounds = 3 if args.quick else 5
-    langgraph = _have("langgraph.checkpoint.sqlite")
-
-    rows = []
-    w1 = {
-        "resumeflow sync": lambda: run_resumeflow_chain(n, "sync"),
-        "resumeflow batched": lambda: run_resumeflow_chain(n, "batched"),
-        "sqlite3 floor (FULL)": lambda: run_sqlite_floor(n, "FULL"),
-        "sqlite3 floor (NORMAL)": lambda: run_sqlite_floor(n, "NORMAL"),
-        "plain python": lambda: run_plain_python(n),
+def workload_plan(cfg: dict, dbos: bool) -> dict[str, Callable[[], list[dict]]]:
+    rounds = cfg["rounds"]
+    n, width = cfg["n"], cfg["width"]
+    w1_extra = {"dbos sqlite": lambda: peer_dbos.run_dbos_chain(n)} if dbos else {}
+    w2_extra = {"dbos sqlite": lambda: peer_dbos.run_dbos_fanout(width)} if dbos else {}
+    return {
+        "W1": lambda: wl.w1(n, rounds, w1_extra),
+        "W2": lambda: wl.w2(width, rounds, w2_extra),
+        "W3": lambda: wl.w3(cfg["w3_events"], rounds),
+        "W4": lambda: wl.w4(cfg["w4_sizes"], cfg["w4_reps"]),
+        "W5": lambda: wl.w5(cfg["w5_bytes"], min(rounds, 3)),
+        "W6": lambda: wl.w6(cfg["w6_runs"], cfg["w6_rounds"]),
+        "W7": lambda: wl.w7(cfg["w7_seconds"], rounds),
+        "W8": lambda: wl.w8(*cfg["w8"]),
     }
-    if langgraph:
-        w1["langgraph sync"] = lambda: run_langgraph_chain(n)
-    med = _measure(w1, rounds)
-    for name, seconds in med.items():
-        rows.append({"workload": f"W1 chain {n}", "system": name, "us_per_node": seconds / n * 1e6})
 
-    w2 = {
-        "resumeflow sync": lambda: run_resumeflow_fanout(width, "sync"),
-        "resumeflow batched": lambda: run_resumeflow_fanout(width, "batched"),
-    }
-    if langgraph:
-        w2["langgraph sync"] = lambda: run_langgraph_fanout(width)
-    med2 = _measure(w2, rounds)
-    for name, seconds in med2.items():
-        rows.append({"workload": f"W2 fan-out {width}", "system": name, "us_per_node": seconds / (width + 2) * 1e6})
 
-    base = {r["workload"]: r["us_per_node"] for r in rows if r["system"] == "resumeflow sync"}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}, rounds {rounds} (median)")
-    print(f"{'workload':<18} {'system':<24} {'us/node':>10} {'vs resumeflow sync':>20}")
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:
+        nproc = os.cpu_count() or 0
+    info = {"nproc": nproc, "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=here, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=here, timeout=10)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def fmt(v: object) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if v != v:  # NaN
+        return "nan"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def print_table(rows: list[dict]) -> None:
+    cols: list[str] = []
     for r in rows:
-        ratio = r["us_per_node"] / base[r["workload"]]
-        r["ratio_to_resumeflow_sync"] = ratio
-        print(f"{r['workload']:<18} {r['system']:<24} {r['us_per_node']:>10.1f} {ratio:>19.2f}x")
-    if not langgraph:
+        cols += [k for k in r if k != "id" and k not in cols]
+    cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    text_cols = {"workload", "system"}
+    print("  ".join(c.ljust(w) if c in text_cols else c.rjust(w)
+                    for c, w in zip(cols, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) if c in text_cols else v.rjust(w)
+                        for c, v, w in zip(cols, row, widths, strict=True)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (under 2 minutes)")
+    parser.add_argument("--json", metavar="OUT", help="write every row (and the context) here")
+    parser.add_argument("--only", metavar="W1,W3,...",
+                        help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    args = parser.parse_args(argv)
+    selected = list(WORKLOADS)
+    if args.only:
+        selected = [w.strip().upper() for w in args.only.split(",") if w.strip()]
+        unknown = [w for w in selected if w not in WORKLOADS]
+        if unknown:
+            parser.error(f"unknown workload(s) {unknown}; choose from {','.join(WORKLOADS)}")
+    cfg = CONFIG["quick" if args.quick else "full"]
+    dbos = dbos_available() if {"W1", "W2"} & set(selected) else False
+    plan = workload_plan(cfg, dbos)
+
+    info = machine()
+    commit = git_commit()
+    args_given = sys.argv[1:] if argv is None else argv
+    command = shlex.join([os.path.basename(sys.executable), "benches/compare.py", *args_given])
+    print(f"machine: {info['cpu']}, nproc {info['nproc']}, python {info['python']}, "
+          f"torch {info.get('torch', '-')}")
+    print(f"commit {commit}; command: {command}; rounds {cfg['rounds']} (median), "
+          f"mode {'quick' if args.quick else 'full'}")
+    if {"W1", "W2"} & set(selected):
+        peers = ["langgraph" if wl.have("langgraph.checkpoint.sqlite") else "no langgraph",
+                 "dbos" if dbos else "no dbos (benches/peer_dbos.py absent or unavailable)"]
+        print(f"W1/W2 peers: {', '.join(peers)}")
+
+    rows: list[dict] = []
+    failed: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    for wid in selected:
+        t0 = time.perf_counter()
+        try:
+            got = plan[wid]()
+        except Exception:
+            failed[wid] = traceback.format_exc()
+            print(f"\n== {wid} FAILED ==\n{failed[wid]}", file=sys.stderr, flush=True)
+            continue
+        finally:
+            timings[wid] = time.perf_counter() - t0
+        rows += got
+        print(f"\n== {wid} ({timings[wid]:.1f} s) ==")
+        print_table(got)
+        sys.stdout.flush()
+    total = time.perf_counter() - t_all
+    print(f"\ntotal {total:.1f} s")
+    if "W1" in selected and not wl.have("langgraph.checkpoint.sqlite"):
         print("(langgraph not installed: pip install -r benches/requirements.txt to compare)")
+    if failed:
+        print(f"FAILED workloads: {', '.join(failed)}", file=sys.stderr)
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         with open(args.json, "w") as f:
-            json.dump({"commit": commit, "rows": rows}, f, indent=2)
+            json.dump({
+                "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": commit,
+                "command": command, "machine": info, "mode": "quick" if args.quick else "full",
+                "config": {k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()})
+                           for k, v in cfg.items()},
+                "seconds": timings, "failed": failed, "rows": rows,
+            }, f, indent=2)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
