@@ -32,6 +32,7 @@ from ._core import __version__ as __version__
 from ._engine import Engine, Run
 from ._failures import NonRetryable, Retryable, RetryPolicy, Shrink, is_oom, is_retryable, shrink
 from ._state import Checkpoint, NodeState, RunState, Undecodable
+from ._streaming import Subscription
 from ._workflow import Workflow
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "SerializationError",
     "Shrink",
     "StoreError",
+    "Subscription",
     "Undecodable",
     "Workflow",
     "WorkflowMismatch",

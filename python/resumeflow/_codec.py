@@ -1,5 +1,11 @@
 """The value codec: msgpack with extension frames for tensors and arrays. No pickle by default.
 
+Large buffers (tensor and array data, safetensors payloads of 64 KiB or more) are not copied
+into the msgpack document: they follow it as raw *frames*, and the document refers to them by
+index. The encoded value is then ``b"\\xc1RF\\x02"`` (``0xc1`` is never a msgpack byte), the
+frame count and lengths, the document, and the frames, joined with one copy; decoding a
+writable buffer (what the engine hands back) gives tensors and arrays that share its memory.
+
 Encodable: None, bool, int, float, str, bytes, lists, tuples, dicts with str (or int) keys, numpy
 arrays, torch tensors (any dtype incl. bf16/fp8, non-contiguous, GPU), dicts of tensors (stored
 in the safetensors layout), and types with a registered codec. Anything else raises
@@ -11,6 +17,7 @@ in the safetensors layout), and types with a registered codec. Anything else rai
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import sys
@@ -29,6 +36,16 @@ _EXT_SAFETENSORS = 4
 _EXT_CUSTOM = 5
 _EXT_PICKLE = 6
 _EXT_BIGINT = 7
+_EXT_NDARRAY_FRAME = 8
+_EXT_TENSOR_FRAME = 9
+_EXT_SAFETENSORS_FRAME = 10
+
+#: Prefix of a framed value; 0xc1 never starts a msgpack document.
+_MAGIC = b"\xc1RF\x02"
+#: Buffers at least this large become frames.
+_FRAME_MIN = 64 << 10
+#: Frames start at multiples of this offset in the value.
+_ALIGN = 64
 
 _custom_by_type: dict[type, tuple[str, Callable[[Any], bytes]]] = {}
 _custom_by_name: dict[str, Callable[[bytes], Any]] = {}
@@ -89,7 +106,7 @@ def _is_ndarray(obj: Any) -> bool:
     return np is not None and isinstance(obj, np.ndarray)
 
 
-def _tensor_bytes(t: Any, path: str) -> tuple[str, list[int], str, bytes]:
+def _tensor_bytes(t: Any, path: str) -> tuple[str, list[int], str, bytes | memoryview]:
     import torch
 
     if t.is_sparse or t.is_quantized or getattr(t, "is_nested", False):
@@ -100,18 +117,21 @@ def _tensor_bytes(t: Any, path: str) -> tuple[str, list[int], str, bytes]:
     shape = list(host.shape)
     if host.numel() == 0:
         return dtype, shape, device, b""
-    raw = host.reshape(-1).view(torch.uint8).numpy().tobytes()
+    # A view of the tensor's memory: msgpack copies it once, into the encoded value.
+    raw = memoryview(host.reshape(-1).view(torch.uint8).numpy())
     return dtype, shape, device, raw
 
 
-def _tensor_from(dtype: str, shape: list[int], device: str, raw: bytes) -> Any:
+def _tensor_from(dtype: str, shape: list[int], device: str, raw: bytes | memoryview) -> Any:
     import torch
 
     torch_dtype = getattr(torch, dtype)
-    if not raw:
+    if not len(raw):
         t = torch.empty(shape, dtype=torch_dtype)
     else:
-        t = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(torch_dtype).reshape(shape)
+        # A writable frame is shared (no copy); anything else is copied once.
+        buf = raw if isinstance(raw, memoryview) and not raw.readonly else bytearray(raw)
+        t = torch.frombuffer(buf, dtype=torch.uint8).view(torch_dtype).reshape(shape)
     if device != "cpu":
         kind, _, index = device.partition(":")
         backend = getattr(torch, kind, None)
@@ -126,7 +146,7 @@ def _tensor_from(dtype: str, shape: list[int], device: str, raw: bytes) -> Any:
 def _safetensors_pack(tensors: dict[str, Any], path: str) -> bytes:
     header: dict[str, Any] = {}
     devices: dict[str, str] = {}
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     offset = 0
     for key, t in tensors.items():
         dtype, shape, device, raw = _tensor_bytes(t, f"{path}[{key!r}]")
@@ -143,12 +163,12 @@ def _safetensors_pack(tensors: dict[str, Any], path: str) -> bytes:
     header["__metadata__"] = {"resumeflow.devices": json.dumps(devices)}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    return struct.pack("<Q", len(blob)) + blob + b"".join(chunks)
+    return b"".join([struct.pack("<Q", len(blob)), blob, *chunks])
 
 
-def _safetensors_unpack(data: bytes) -> dict[str, Any]:
+def _safetensors_unpack(data: bytes | memoryview) -> dict[str, Any]:
     (n,) = struct.unpack_from("<Q", data)
-    header = json.loads(data[8 : 8 + n])
+    header = json.loads(bytes(data[8 : 8 + n]))
     meta = header.pop("__metadata__", {}) or {}
     devices = json.loads(meta.get("resumeflow.devices", "{}"))
     base = 8 + n
@@ -173,8 +193,17 @@ def _is_tensor_dict(obj: dict[Any, Any]) -> bool:
 # --- walk ----------------------------------------------------------------------------------
 
 
-def _prepare(obj: Any, path: str) -> Any:
-    """Turns ``obj`` into msgpack-native values and ExtTypes, checking every type."""
+def _frame(frames: list[Any] | None, buf: Any) -> int | None:
+    """Appends ``buf`` as a frame and returns its index, if it is large enough to be one."""
+    if frames is None or len(buf) < _FRAME_MIN:
+        return None
+    frames.append(buf)
+    return len(frames) - 1
+
+
+def _prepare(obj: Any, path: str, frames: list[Any] | None = None) -> Any:
+    """Turns ``obj`` into msgpack-native values and ExtTypes, checking every type; large
+    buffers go to ``frames`` (when given) instead of into the document."""
     if obj is None or isinstance(obj, (bool, float, str, bytes)):
         return obj
     if isinstance(obj, int):
@@ -182,23 +211,30 @@ def _prepare(obj: Any, path: str) -> Any:
             return obj
         return msgpack.ExtType(_EXT_BIGINT, str(obj).encode())
     if isinstance(obj, list):
-        return [_prepare(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        return [_prepare(v, f"{path}[{i}]", frames) for i, v in enumerate(obj)]
     if isinstance(obj, tuple):
-        items = [_prepare(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        items = [_prepare(v, f"{path}[{i}]", frames) for i, v in enumerate(obj)]
         return msgpack.ExtType(_EXT_TUPLE, msgpack.packb(items, use_bin_type=True))
     if isinstance(obj, dict):
         if _is_tensor_dict(obj):
-            return msgpack.ExtType(_EXT_SAFETENSORS, _safetensors_pack(obj, path))
+            packed = _safetensors_pack(obj, path)
+            index = _frame(frames, packed)
+            if index is not None:
+                return msgpack.ExtType(_EXT_SAFETENSORS_FRAME, msgpack.packb(index))
+            return msgpack.ExtType(_EXT_SAFETENSORS, packed)
         out = {}
         for k, v in obj.items():
             if not isinstance(k, (str, int)) or isinstance(k, bool):
                 raise _Unencodable(f"{path}[{k!r}]", k, "dict keys must be str or int")
             if isinstance(k, int) and not -(2**63) <= k < 2**64:
                 raise _Unencodable(f"{path}[{k!r}]", k, "int dict keys must fit in 64 bits")
-            out[k] = _prepare(v, f"{path}[{k!r}]")
+            out[k] = _prepare(v, f"{path}[{k!r}]", frames)
         return out
     if _is_tensor(obj):
         dtype, shape, device, raw = _tensor_bytes(obj, path)
+        index = _frame(frames, raw)
+        if index is not None:
+            return msgpack.ExtType(_EXT_TENSOR_FRAME, msgpack.packb([dtype, shape, device, index]))
         return msgpack.ExtType(_EXT_TENSOR, msgpack.packb([dtype, shape, device, raw], use_bin_type=True))
     if _is_ndarray(obj):
         import numpy as np
@@ -209,6 +245,12 @@ def _prepare(obj: Any, path: str) -> Any:
             raise _Unencodable(path, obj, "numpy arrays of Python objects are not supported")
         arr = obj if obj.flags.c_contiguous else np.array(obj, order="C")
         descr = np.lib.format.dtype_to_descr(arr.dtype)  # keeps structured dtypes' fields
+        flat: Any = arr.reshape(-1).view(np.uint8)
+        index = _frame(frames, memoryview(flat)) if arr.size else None
+        if index is not None:
+            return msgpack.ExtType(
+                _EXT_NDARRAY_FRAME, msgpack.packb([descr, list(arr.shape), index], use_bin_type=True)
+            )
         return msgpack.ExtType(
             _EXT_NDARRAY,
             msgpack.packb([descr, list(arr.shape), arr.tobytes()], use_bin_type=True),
@@ -219,7 +261,7 @@ def _prepare(obj: Any, path: str) -> Any:
         return msgpack.ExtType(_EXT_CUSTOM, msgpack.packb([name, enc(obj)], use_bin_type=True))
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(obj, numpy.generic):
-        return _prepare(obj.item(), path)
+        return _prepare(obj.item(), path, frames)
     if _pickle_enabled:
         import pickle
 
@@ -234,7 +276,19 @@ def encode(obj: Any, *, node: str | None = None, what: str = "output") -> bytes:
     [1.5, None, b'x']
     """
     try:
-        return msgpack.packb(_prepare(obj, what), use_bin_type=True)
+        frames: list[Any] = []
+        document = msgpack.packb(_prepare(obj, what, frames), use_bin_type=True)
+        if not frames:
+            return document
+        lengths = [len(f) if isinstance(f, bytes) else f.nbytes for f in frames]
+        prefix = struct.pack(f"<I{len(frames)}QQ", len(frames), *lengths, len(document))
+        parts: list[Any] = [_MAGIC, prefix, document]
+        pos = len(_MAGIC) + len(prefix) + len(document)
+        for frame, n in zip(frames, lengths, strict=True):
+            pad = -pos % _ALIGN  # every frame starts aligned (tensor views need it)
+            parts += [b"\0" * pad, frame]
+            pos += pad + n
+        return b"".join(parts)
     except SerializationError:
         raise
     except _Unencodable as e:
@@ -258,9 +312,10 @@ def _lists_to_tuples(descr: Any) -> Any:
     return descr
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+def _ext_hook(code: int, data: bytes, frames: list[memoryview] | None = None) -> Any:
+    hook = functools.partial(_ext_hook, frames=frames) if frames is not None else _ext_hook
     if code == _EXT_TUPLE:
-        return tuple(msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False))
+        return tuple(msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
     if code == _EXT_NDARRAY:
         import numpy as np
 
@@ -272,6 +327,10 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return _tensor_from(dtype, shape, device, raw)
     if code == _EXT_SAFETENSORS:
         return _safetensors_unpack(data)
+    if code in (_EXT_TENSOR_FRAME, _EXT_NDARRAY_FRAME, _EXT_SAFETENSORS_FRAME):
+        if frames is None:
+            raise SerializationError("a stored value refers to a frame but has none")
+        return _from_frame(code, data, frames)
     if code == _EXT_CUSTOM:
         name, payload = msgpack.unpackb(data, raw=False)
         if name not in _custom_by_name:
@@ -291,13 +350,54 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise SerializationError(f"unknown extension type {code} in a stored value")
 
 
-def decode(data: bytes) -> Any:
+def _from_frame(code: int, data: bytes, frames: list[memoryview]) -> Any:
+    """A tensor, array or tensor dict whose bytes are a frame (shared, not copied, when the
+    frame is writable)."""
+    if code == _EXT_SAFETENSORS_FRAME:
+        return _safetensors_unpack(frames[msgpack.unpackb(data)])
+    if code == _EXT_TENSOR_FRAME:
+        dtype, shape, device, index = msgpack.unpackb(data, raw=False)
+        return _tensor_from(dtype, shape, device, frames[index])
+    import numpy as np
+
+    descr, shape, index = msgpack.unpackb(data, raw=False)
+    dtype = np.lib.format.descr_to_dtype(_lists_to_tuples(descr))
+    frame = frames[index]
+    arr = np.frombuffer(frame, dtype=dtype).reshape(shape)
+    return arr if not frame.readonly else arr.copy()
+
+
+def _split_frames(data: Any) -> tuple[memoryview, list[memoryview]]:
+    """The msgpack document and the frames of a framed value."""
+    view = memoryview(data).cast("B")
+    pos = len(_MAGIC)
+    (count,) = struct.unpack_from("<I", view, pos)
+    pos += 4
+    *lengths, doc_len = struct.unpack_from(f"<{count}QQ", view, pos)
+    pos += 8 * (count + 1)
+    document = view[pos : pos + doc_len]
+    pos += doc_len
+    frames = []
+    for n in lengths:
+        pos += -pos % _ALIGN
+        frames.append(view[pos : pos + n])
+        pos += n
+    if pos != len(view):
+        raise ValueError(f"framed value is {len(view)} bytes, its frames end at {pos}")
+    return document, frames
+
+
+def decode(data: bytes | bytearray | memoryview) -> Any:
     """Decodes bytes made by :func:`encode`.
 
     >>> decode(encode("hi"))
     'hi'
     """
     try:
+        if bytes(data[: len(_MAGIC)]) == _MAGIC:
+            document, frames = _split_frames(data)
+            hook = functools.partial(_ext_hook, frames=frames)
+            return msgpack.unpackb(document, ext_hook=hook, raw=False, strict_map_key=False)
         return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except SerializationError:
         raise

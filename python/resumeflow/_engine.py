@@ -12,6 +12,7 @@ from . import _codec, _workers
 from ._core import CoreEngine, CoreRun, RunFailed, SerializationError
 from ._runner import Runner
 from ._state import Checkpoint, RunState, Undecodable
+from ._streaming import Subscription
 from ._workflow import Workflow
 
 
@@ -48,6 +49,11 @@ class Run:
 
     def done(self) -> bool:
         return bool(self._core.done())
+
+    def chunks(self) -> Subscription:
+        """Items of this run's streaming (generator) nodes as they are yielded, as
+        ``(node_id, item)`` pairs, until the run stops; see :class:`Subscription`."""
+        return Subscription(self.id, lambda: not self.done())
 
     def interrupt(self) -> None:
         """Lets in-flight nodes finish, then pauses the run."""
@@ -93,7 +99,10 @@ class Engine:
     """Runs workflows durably on the SQLite store at ``path`` (created if missing).
 
     Beyond shared/API.md: ``max_store_bytes`` caps the store's size (writes past it fail with
-    ``StoreError`` and change nothing).
+    ``StoreError`` and change nothing); ``blob_file_threshold`` (bytes, default 64 MiB): a value
+    whose stored form is at least this large is kept as a file in ``<path>.blobs/``, written and
+    fsynced before the commit that references it (large tensors at disk speed, no database
+    bloat); ``cleanup`` removes the files nothing references any more.
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class Engine:
         resources: Mapping[str, int] | None = None,
         lease_seconds: float = 30.0,
         max_store_bytes: int | None = None,
+        blob_file_threshold: int | None = None,
     ) -> None:
         self.path = os.fspath(path)
         _workers.ensure_started()
@@ -115,8 +125,20 @@ class Engine:
             resources=dict(resources) if resources else None,
             lease_seconds=float(lease_seconds),
             max_store_bytes=max_store_bytes,
+            blob_file_threshold=blob_file_threshold,
         )
         self._runners: dict[int, Runner] = {}
+
+    def subscribe(self, run_id: str) -> Subscription:
+        """Items of ``run_id``'s streaming nodes as this engine's workers yield them, as
+        ``(node_id, item)`` pairs, until the run stops executing here.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "s.db")) as engine:
+        ...     list(engine.subscribe("not-running"))
+        []
+        """
+        return Subscription(run_id, lambda: run_id in self._core.active_runs())
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import inspect
 import threading
 from typing import Any
 
-from . import _codec
+from . import _codec, _streaming
 from ._context import NodeContext
 from ._failures import before_oom_retry, is_oom
 from ._workflow import Workflow
@@ -26,10 +26,6 @@ def _event_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=loop.run_forever, name="resumeflow-asyncio", daemon=True).start()
             _loop = loop
         return _loop
-
-
-async def _collect_async(agen: Any) -> list[Any]:
-    return [item async for item in agen]
 
 
 def _describe(exc: BaseException) -> str:
@@ -69,11 +65,19 @@ class Runner:
                 kwargs[param] = live if raw is None else _codec.decode(raw)
             override = _codec.decode(inputs_override) if inputs_override else {}
             kwargs.update(override)
-            for name in node.context_params:
-                kwargs[name] = NodeContext(core_ctx)
-            result = self._call(node, kwargs)
+            streaming = node.is_generator or node.is_async_generator
+            if streaming:
+                items, cursor = _streaming.restore(core_ctx) if node.context_params else ([], None)
+                for name in node.context_params:
+                    kwargs[name] = _streaming.StreamContext(core_ctx, items, cursor)
+                result = self._stream(node, kwargs, items, str(core_ctx.run_id))
+            else:
+                for name in node.context_params:
+                    kwargs[name] = NodeContext(core_ctx)
+                result = self._call(node, kwargs)
             encoded = _codec.encode(result, node=node_id)
-            return (True, encoded, result)
+            # A stream's items are stored as one compressed bundle.
+            return (True, encoded, result, streaming)
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, even SystemExit
             return self._failure(node, kwargs, exc)
 
@@ -81,11 +85,15 @@ class Runner:
     def _call(node: Any, kwargs: dict[str, Any]) -> Any:
         if node.is_async:
             return asyncio.run_coroutine_threadsafe(node.fn(**kwargs), _event_loop()).result()
-        if node.is_async_generator:
-            return asyncio.run_coroutine_threadsafe(_collect_async(node.fn(**kwargs)), _event_loop()).result()
-        if node.is_generator:
-            return list(node.fn(**kwargs))
         return node.fn(**kwargs)
+
+    @staticmethod
+    def _stream(node: Any, kwargs: dict[str, Any], items: list[Any], run_id: str) -> list[Any]:
+        """Runs a generator node: items (after any restored ones) are published live."""
+        if node.is_async_generator:
+            coro = _streaming.collect_async(node.fn(**kwargs), items, run_id, node.id)
+            return asyncio.run_coroutine_threadsafe(coro, _event_loop()).result()
+        return _streaming.collect(node.fn(**kwargs), items, run_id, node.id)
 
     @staticmethod
     def _failure(node: Any, kwargs: dict[str, Any], exc: BaseException) -> tuple[Any, ...]:

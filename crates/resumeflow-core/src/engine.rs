@@ -90,6 +90,9 @@ impl Engine {
         if let Some(bytes) = options.max_store_bytes {
             store.set_max_bytes(bytes)?;
         }
+        if let Some(bytes) = options.blob_file_threshold {
+            store.set_blob_file_threshold(bytes);
+        }
         Ok(Self::with_store(Arc::new(store), options))
     }
 

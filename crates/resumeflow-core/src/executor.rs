@@ -45,8 +45,11 @@ impl NodeValue {
 /// What a node produced: the encoded bytes (the truth that is stored) and optionally the
 /// live object they encode.
 pub struct NodeOutput {
-    pub bytes: Vec<u8>,
+    /// Shared, not copied, on its way to the store and to dependants.
+    pub bytes: Arc<[u8]>,
     pub live: Option<LiveObject>,
+    /// Store the bytes zstd-compressed (streaming nodes' chunk bundles).
+    pub compress: bool,
 }
 
 impl NodeOutput {
@@ -56,8 +59,12 @@ impl NodeOutput {
     /// let out = resumeflow_core::NodeOutput::bytes(b"42".to_vec());
     /// assert!(out.live.is_none());
     /// ```
-    pub fn bytes(bytes: Vec<u8>) -> Self {
-        Self { bytes, live: None }
+    pub fn bytes(bytes: impl Into<Arc<[u8]>>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            live: None,
+            compress: false,
+        }
     }
 }
 

@@ -17,6 +17,9 @@ pub struct EngineOptions {
     pub lease_ttl: Duration,
     /// Cap on the store file's size; writes past it fail with a `StoreError`.
     pub max_store_bytes: Option<u64>,
+    /// Values whose stored form is at least this large live in files beside the database
+    /// (`None`: 64 MiB).
+    pub blob_file_threshold: Option<u64>,
 }
 
 impl Default for EngineOptions {
@@ -27,6 +30,7 @@ impl Default for EngineOptions {
             resources: BTreeMap::new(),
             lease_ttl: Duration::from_secs(30),
             max_store_bytes: None,
+            blob_file_threshold: None,
         }
     }
 }

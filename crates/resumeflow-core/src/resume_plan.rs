@@ -19,7 +19,7 @@ pub(crate) fn resume_events(
     stored: &StoredRun,
     graph: &Graph,
     options: &ResumeOptions,
-) -> Result<(Vec<EventKind>, Vec<(crate::state::ValueRef, Arc<[u8]>)>)> {
+) -> Result<(Vec<EventKind>, Vec<crate::store::BatchValue>)> {
     let run_id = &stored.state.run_id;
     let mut status: HashMap<String, NodeStatus> = stored
         .state
@@ -62,8 +62,9 @@ pub(crate) fn resume_events(
         }
     }
     for (node, bytes) in &options.updates {
-        let value = crate::state::ValueRef::of(bytes);
-        values.push((value.clone(), Arc::from(bytes.as_slice())));
+        let stored = crate::store::BatchValue::new(Arc::from(bytes.as_slice()), false);
+        let value = stored.value.clone();
+        values.push(stored);
         events.push(EventKind::StateUpdated {
             node: node.clone(),
             value,

@@ -25,7 +25,7 @@ use crate::graph::{Graph, InputSource};
 use crate::lease::Lease;
 use crate::slots::{SlotGuard, Slots};
 use crate::state::{NodeState, NodeStatus, ValueRef};
-use crate::store::{CommitTicket, Durability, RunBatch, Store};
+use crate::store::{BatchValue, CommitTicket, Durability, RunBatch, Store};
 
 /// Requests from a run's handle (or the lease keeper) to its scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,9 +398,10 @@ impl Scheduler {
         let node = self.node_id(i).to_string();
         match result {
             Ok(output) => {
-                let value_ref = ValueRef::of(&output.bytes);
-                let bytes: Arc<[u8]> = output.bytes.into();
-                self.batch.values.push((value_ref.clone(), bytes.clone()));
+                let bytes = output.bytes;
+                let stored = BatchValue::new(bytes.clone(), output.compress);
+                let value_ref = stored.value.clone();
+                self.batch.values.push(stored);
                 self.push(EventKind::NodeCompleted {
                     node,
                     attempt,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 use resumeflow_core::{
     Durability, Engine, EngineOptions, Graph, NodeExecutor, ResumeOptions, RunHandle, RunStatus,
     StartOptions,
@@ -121,7 +121,8 @@ fn executor(runner: Py<PyAny>) -> Arc<dyn NodeExecutor> {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (path, max_concurrency=None, durability="sync", resources=None, lease_seconds=30.0, max_store_bytes=None))]
+    #[pyo3(signature = (path, max_concurrency=None, durability="sync", resources=None, lease_seconds=30.0, max_store_bytes=None, blob_file_threshold=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
@@ -130,6 +131,7 @@ impl PyEngine {
         resources: Option<BTreeMap<String, u32>>,
         lease_seconds: f64,
         max_store_bytes: Option<u64>,
+        blob_file_threshold: Option<u64>,
     ) -> PyResult<Self> {
         if max_concurrency == Some(0) {
             return Err(to_py(resumeflow_core::Error::InvalidArgument {
@@ -149,6 +151,7 @@ impl PyEngine {
             resources: resources.unwrap_or_default(),
             lease_ttl: Duration::from_secs_f64(lease_seconds),
             max_store_bytes,
+            blob_file_threshold,
         };
         let engine = detached(py, || Engine::open(&path, options))?;
         Ok(Self { engine })
@@ -228,7 +231,8 @@ impl PyEngine {
         let values = detached(py, || self.engine.get_partial_results(run_id))?;
         let d = PyDict::new(py);
         for (k, v) in values {
-            d.set_item(k, PyBytes::new(py, &v))?;
+            // Writable, so decoded tensors and arrays can share this memory (no copy).
+            d.set_item(k, PyByteArray::new(py, &v))?;
         }
         Ok(d)
     }
@@ -239,13 +243,13 @@ impl PyEngine {
         py: Python<'py>,
         hash: &Bound<'py, PyBytes>,
         size: u64,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<Bound<'py, PyByteArray>> {
         let value = resumeflow_core::ValueRef {
             hash: hash.as_bytes().to_vec(),
             size,
         };
         let bytes = detached(py, || self.engine.load_value(&value))?;
-        Ok(PyBytes::new(py, &bytes))
+        Ok(PyByteArray::new(py, &bytes))
     }
 
     fn save_partial_state(

@@ -109,11 +109,13 @@ fn live_of(py: Python<'_>, obj: &LiveObject) -> Option<Py<PyAny>> {
 fn parse_result(result: &Bound<'_, PyAny>) -> PyResult<Result<NodeOutput, NodeFailure>> {
     let result = result.cast::<PyTuple>()?;
     if result.get_item(0)?.extract::<bool>()? {
-        let bytes = result.get_item(1)?.cast::<PyBytes>()?.as_bytes().to_vec();
+        let bytes: Arc<[u8]> = Arc::from(result.get_item(1)?.cast::<PyBytes>()?.as_bytes());
         let live: LiveObject = Arc::new(result.get_item(2)?.unbind());
+        let compress = result.len() > 3 && result.get_item(3)?.extract::<bool>()?;
         Ok(Ok(NodeOutput {
             bytes,
             live: Some(live),
+            compress,
         }))
     } else {
         Ok(Err(NodeFailure {

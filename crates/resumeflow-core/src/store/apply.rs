@@ -358,11 +358,19 @@ fn append_all(
     let map = sql(path);
     if !batch.values.is_empty() {
         let mut st = conn
-            .prepare_cached("INSERT OR IGNORE INTO blobs (hash, size, data) VALUES (?1, ?2, ?3)")
+            .prepare_cached(
+                "INSERT OR IGNORE INTO blobs (hash, size, data, location, codec) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
             .map_err(&map)?;
-        for (value, bytes) in &batch.values {
-            st.execute(params![value.hash, value.size as i64, &bytes[..]])
-                .map_err(&map)?;
+        for v in &batch.values {
+            st.execute(params![
+                v.value.hash,
+                v.value.size as i64,
+                &v.bytes[..],
+                i64::from(v.in_file),
+                v.codec.code()
+            ])
+            .map_err(&map)?;
         }
     }
     if !batch.partial_states.is_empty() {

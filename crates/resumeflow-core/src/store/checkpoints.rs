@@ -282,18 +282,27 @@ fn compact_events(conn: &Connection, path: &Path, run_id: &str, upto: i64) -> Re
     Ok(())
 }
 
-/// Removes values that no node state, checkpoint or compacted event refers to.
-pub fn collect_garbage(conn: &Connection, path: &Path) -> Result<usize> {
-    // One pass: SQLite builds the set of referenced hashes once (no per-blob lookups, and
-    // no indexes on the hot write path just for this rare sweep).
-    conn.execute(
-        "DELETE FROM blobs WHERE hash NOT IN (
+/// Removes values that no node state, checkpoint or compacted event refers to; returns the
+/// hashes of those whose bytes live in blob files (to remove once this commits).
+pub fn collect_garbage(conn: &Connection, path: &Path) -> Result<Vec<Vec<u8>>> {
+    // One pass each: SQLite builds the set of referenced hashes once (no per-blob lookups,
+    // and no indexes on the hot write path just for this rare sweep).
+    const UNREFERENCED: &str = "hash NOT IN (
             SELECT output_hash FROM node_states WHERE output_hash IS NOT NULL
             UNION SELECT value_hash FROM checkpoint_nodes WHERE value_hash IS NOT NULL
-            UNION SELECT hash FROM compaction_refs)",
-        [],
-    )
-    .map_err(sql(path))
+            UNION SELECT hash FROM compaction_refs)";
+    let files = conn
+        .prepare(&format!(
+            "SELECT hash FROM blobs WHERE location = 1 AND {UNREFERENCED}"
+        ))
+        .and_then(|mut st| {
+            st.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql(path))?;
+    conn.execute(&format!("DELETE FROM blobs WHERE {UNREFERENCED}"), [])
+        .map_err(sql(path))?;
+    Ok(files)
 }
 
 /// A run's events in order, optionally only up to `upto`.

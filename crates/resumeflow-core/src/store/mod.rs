@@ -5,6 +5,7 @@
 //! A PostgreSQL implementation can sit behind the same trait (shared/ARCHITECTURE.md).
 
 mod apply;
+pub mod blob_files;
 mod checkpoints;
 mod schema;
 mod sqlite;
@@ -78,7 +79,7 @@ pub struct RunBatch {
     /// Fencing token; `None` for operator writes made without a lease.
     pub token: Option<i64>,
     pub events: Vec<EventKind>,
-    pub values: Vec<(ValueRef, Arc<[u8]>)>,
+    pub values: Vec<BatchValue>,
     pub partial_states: Vec<(String, Vec<u8>)>,
 }
 
@@ -102,6 +103,70 @@ impl RunBatch {
         self.events.extend(other.events);
         self.values.extend(other.values);
         self.partial_states.extend(other.partial_states);
+    }
+}
+
+/// How a stored value's bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueCodec {
+    /// As given.
+    #[default]
+    Raw,
+    /// zstd-compressed.
+    Zstd,
+}
+
+impl ValueCodec {
+    /// The `blobs.codec` column value.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Raw => 0,
+            Self::Zstd => 1,
+        }
+    }
+
+    /// From the `blobs.codec` column value.
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            0 => Some(Self::Raw),
+            1 => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A value a batch stores (content-addressed: stored once whatever references it).
+#[derive(Debug, Clone)]
+pub struct BatchValue {
+    /// Hash and size of the value's bytes.
+    pub value: ValueRef,
+    /// What to store: the value's bytes, or once staged their stored form (compressed, or
+    /// empty when the value went to a file).
+    pub bytes: Arc<[u8]>,
+    /// Compress with zstd when stored (chunk bundles; off for dense tensors).
+    pub compress: bool,
+    /// Set by staging: how `bytes` is encoded.
+    pub codec: ValueCodec,
+    /// Set by staging: the stored form lives in a blob file, already durable.
+    pub in_file: bool,
+}
+
+impl BatchValue {
+    /// A value to store, compressed or not.
+    ///
+    /// ```
+    /// use resumeflow_core::store::BatchValue;
+    /// let v = BatchValue::new(b"abc".to_vec().into(), false);
+    /// assert_eq!(v.value.size, 3);
+    /// ```
+    pub fn new(bytes: Arc<[u8]>, compress: bool) -> Self {
+        Self {
+            value: ValueRef::of(&bytes),
+            bytes,
+            compress,
+            codec: ValueCodec::Raw,
+            in_file: false,
+        }
     }
 }
 

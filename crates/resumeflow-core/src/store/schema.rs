@@ -11,7 +11,9 @@
 //! - `checkpoints` + `checkpoint_nodes`: one checkpoint per committed step with its parent and
 //!   its delta (`op` 0 = completed, 1 = modified, 2 = reset; value hash), never a snapshot,
 //!   except `kind = 'snapshot'` rows that `cleanup` folded older checkpoints into.
-//! - `blobs`: output values, content-addressed by BLAKE3 and stored once.
+//! - `blobs`: output values, content-addressed by BLAKE3 (of the uncompressed bytes) and
+//!   stored once; `location` 1 means the bytes are in `<db>.blobs/xx/<hash>` (large values),
+//!   `codec` 1 means zstd-compressed (chunk bundles of streaming nodes).
 //! - `partial_states`: a node's own saved progress.
 //! - `compaction_refs`: values referenced by a run's `Compacted` event (kept by blob GC).
 //! - `thread_checkpoints`, `thread_channel_values`, `thread_writes`, `thread_values`
@@ -26,12 +28,14 @@ use rusqlite::Connection;
 /// 'RFLW'
 pub const APPLICATION_ID: i64 = 0x5246_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations by target version; index 0 creates version 1, index 1 adds the thread
 /// checkpoint tables of version 2 (see [`crate::threads`]), index 2 (version 3) moves a run's
 /// graph, inputs and labels out of `runs` into `run_specs`: they never change, and as columns of
-/// `runs` every commit that updated the run's head rewrote them (a 5,000-node graph is ~200 KB).
+/// `runs` every commit that updated the run's head rewrote them (a 5,000-node graph is ~200 KB);
+/// index 3 (version 4) gives `blobs` a `location` (0 in the row, 1 in a blob file beside the
+/// database, see `store::blob_files`) and a `codec` (0 raw, 1 zstd).
 const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE runs (
@@ -167,6 +171,10 @@ INSERT INTO run_specs (run_id, graph, inputs, labels) SELECT run_id, graph, inpu
 ALTER TABLE runs DROP COLUMN graph;
 ALTER TABLE runs DROP COLUMN inputs;
 ALTER TABLE runs DROP COLUMN labels;
+",
+    r"
+ALTER TABLE blobs ADD COLUMN location INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE blobs ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
 ",
 ];
 

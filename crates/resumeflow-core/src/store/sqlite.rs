@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,10 +16,13 @@ use crate::lease::{Lease, LeaseRequest};
 use crate::state::{Checkpoint, RunState, RunStatus, ValueRef};
 
 use super::apply::{self, corrupt, sql, NODE_COLUMNS};
+use super::blob_files::{self, BlobFiles};
 use super::checkpoints;
 use super::schema::{self, Existing, SCHEMA_VERSION};
 use super::writer::Writer;
-use super::{CleanupRequest, CommitTicket, Durability, NewRun, RunBatch, Store, StoredRun};
+use super::{
+    CleanupRequest, CommitTicket, Durability, NewRun, RunBatch, Store, StoredRun, ValueCodec,
+};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -31,7 +35,25 @@ pub struct SqliteStore {
     /// `None` once closed (so that the file is released, not only the writer).
     reader: Mutex<Option<Connection>>,
     pub(super) writer: Writer,
+    /// Large values, as files beside the database.
+    files: Arc<BlobFiles>,
+    /// Blob files no row references are removed by `cleanup` once this old (seconds).
+    orphan_grace_s: AtomicU64,
 }
+
+/// Fault injection for crash tests: with `RESUMEFLOW_FAILPOINT=<name>` in the environment,
+/// the process aborts at that point (`after_blob_write`: a blob file is durable, the commit
+/// that references it has not happened).
+fn failpoint(name: &str) {
+    if std::env::var("RESUMEFLOW_FAILPOINT").is_ok_and(|v| v == name) {
+        std::process::abort();
+    }
+}
+
+/// How old an unreferenced blob file must be before `cleanup` removes it by default: far
+/// longer than any commit takes, so a file written by another process whose commit is still
+/// in flight is never taken for an orphan.
+const DEFAULT_ORPHAN_GRACE_S: u64 = 3600;
 
 fn unusable(path: &Path, message: impl ToString) -> Error {
     StoreError::Unusable {
@@ -148,6 +170,8 @@ impl SqliteStore {
             writer: Writer::spawn(writer_conn, path.clone(), durability),
             reader: Mutex::new(Some(reader)),
             poisoned: Arc::default(),
+            files: Arc::new(BlobFiles::new(&path)),
+            orphan_grace_s: AtomicU64::new(DEFAULT_ORPHAN_GRACE_S),
             path,
         })
     }
@@ -166,6 +190,76 @@ impl SqliteStore {
             })
             .map_err(sql(&path))?;
             Ok(())
+        })
+    }
+
+    /// Values whose stored form is at least `bytes` long are kept as files beside the
+    /// database (`<db>.blobs/`), written and fsynced before the commit that references them.
+    pub fn set_blob_file_threshold(&self, bytes: u64) {
+        self.files.set_threshold(bytes);
+    }
+
+    /// How old an unreferenced blob file must be before `cleanup` removes it (default 1 h).
+    pub fn set_orphan_grace(&self, grace: Duration) {
+        self.orphan_grace_s
+            .store(grace.as_secs(), Ordering::Relaxed);
+    }
+
+    /// The directory of blob files.
+    pub fn blob_dir(&self) -> &Path {
+        self.files.dir()
+    }
+
+    /// Compresses what asks for it and moves large values to blob files, durably, before the
+    /// batch is queued (so neither runs inside the writer's transaction).
+    fn stage(&self, batch: &mut RunBatch) -> Result<()> {
+        for v in &mut batch.values {
+            if v.codec != ValueCodec::Raw || v.in_file {
+                continue; // staged already
+            }
+            if v.compress {
+                let packed = zstd::bulk::compress(&v.bytes, 3).map_err(|e| {
+                    unusable(
+                        &self.path,
+                        format!("cannot compress value {}: {e}", v.value.hex()),
+                    )
+                })?;
+                v.bytes = packed.into();
+                v.codec = ValueCodec::Zstd;
+            }
+            if v.bytes.len() as u64 >= self.files.threshold() {
+                self.files.write(&v.value, &v.bytes)?;
+                failpoint("after_blob_write");
+                v.bytes = Arc::from(&[][..]);
+                v.in_file = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the files of values the last garbage collection deleted (if no row took them
+    /// back since), then orphan files older than the grace period.
+    fn collect_files(&self, deleted: Vec<Vec<u8>>) -> Result<usize> {
+        let grace = Duration::from_secs(self.orphan_grace_s.load(Ordering::Relaxed));
+        self.read(|conn| {
+            let mut st = conn
+                .prepare_cached("SELECT hash FROM blobs WHERE location = 1")
+                .map_err(sql(&self.path))?;
+            let referenced: HashSet<String> = st
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                .map_err(sql(&self.path))?
+                .iter()
+                .map(|h| blob_files::file_name(h))
+                .collect();
+            let mut removed = 0;
+            for hash in deleted {
+                if !referenced.contains(&blob_files::file_name(&hash)) {
+                    self.files.remove(&hash);
+                    removed += 1;
+                }
+            }
+            Ok(removed + self.files.sweep_orphans(&referenced, grace))
         })
     }
 
@@ -335,9 +429,15 @@ impl Store for SqliteStore {
             .call(move |conn, at| apply::renew(conn, &path, &leases, at + ttl_s))
     }
 
-    fn submit(&self, batch: RunBatch) -> CommitTicket {
+    fn submit(&self, mut batch: RunBatch) -> CommitTicket {
+        if let Err(e) = self.stage(&mut batch) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Err(e));
+            return rx;
+        }
         let path = self.path.clone();
         let poisoned = self.poisoned.clone();
+        let files = self.files.clone();
         self.writer.submit(move |conn, at| {
             let key = batch.token.map(|t| (batch.run_id.clone(), t));
             if let Some(key) = &key {
@@ -347,6 +447,21 @@ impl Store for SqliteStore {
                         token: key.1,
                     });
                 }
+            }
+            // A reference is committed only while its file exists (a cleanup in another
+            // process cannot have taken it for an orphan: it is younger than the grace).
+            if let Some(v) = batch
+                .values
+                .iter()
+                .find(|v| v.in_file && !files.exists(&v.value.hash))
+            {
+                return Err(unusable(
+                    &path,
+                    format!(
+                        "blob file of value {} vanished before its commit",
+                        v.value.hex()
+                    ),
+                ));
             }
             let result = apply::apply_batch(conn, &path, &batch, at);
             if let (Err(_), Some(key)) = (&result, key) {
@@ -380,27 +495,38 @@ impl Store for SqliteStore {
     }
 
     fn load_value(&self, value: &ValueRef) -> Result<Vec<u8>> {
-        self.read(|conn| {
-            let data: Option<Vec<u8>> = conn
-                .prepare_cached("SELECT data FROM blobs WHERE hash = ?1")
-                .and_then(|mut st| st.query_row([&value.hash], |r| r.get(0)).optional())
-                .map_err(sql(&self.path))?;
-            let data = data.ok_or_else(|| {
-                corrupt(
-                    &self.path,
-                    "blobs",
-                    format!("value {} is missing", value.hex()),
-                )
-            })?;
-            if ValueRef::of(&data) != *value {
-                return Err(corrupt(
-                    &self.path,
-                    "blobs",
-                    format!("value {} fails its hash check", value.hex()),
-                ));
+        let row: Option<(Vec<u8>, i64, i64)> = self.read(|conn| {
+            conn.prepare_cached("SELECT data, location, codec FROM blobs WHERE hash = ?1")
+                .and_then(|mut st| {
+                    st.query_row([&value.hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(sql(&self.path))
+        })?;
+        let bad = |message: String| corrupt(&self.path, "blobs", message);
+        let (data, location, codec) =
+            row.ok_or_else(|| bad(format!("value {} is missing", value.hex())))?;
+        // A blob file is read outside the reader lock (it may be large).
+        let stored = if location == 1 {
+            self.files.read(&value.hash)?
+        } else {
+            data
+        };
+        let data = match ValueCodec::from_code(codec) {
+            Some(ValueCodec::Raw) => stored,
+            Some(ValueCodec::Zstd) => zstd::bulk::decompress(&stored, value.size as usize)
+                .map_err(|e| bad(format!("value {} does not decompress: {e}", value.hex())))?,
+            None => {
+                return Err(bad(format!(
+                    "value {} has unknown codec {codec}",
+                    value.hex()
+                )))
             }
-            Ok(data)
-        })
+        };
+        if ValueRef::of(&data) != *value {
+            return Err(bad(format!("value {} fails its hash check", value.hex())));
+        }
+        Ok(data)
     }
 
     fn load_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>> {
@@ -454,7 +580,7 @@ impl Store for SqliteStore {
             });
         }
         let path = self.path.clone();
-        self.writer.call(move |conn, _at| {
+        let (deleted, files) = self.writer.call(move |conn, _at| {
             let run_ids: Vec<String> = match &request.run_id {
                 Some(id) => {
                     apply::load_head(conn, &path, id)?;
@@ -475,11 +601,11 @@ impl Store for SqliteStore {
                     request.older_than,
                 )?;
             }
-            if deleted > 0 {
-                checkpoints::collect_garbage(conn, &path)?;
-            }
-            Ok(deleted)
-        })
+            let files = checkpoints::collect_garbage(conn, &path)?;
+            Ok((deleted, files))
+        })?;
+        self.collect_files(files)?;
+        Ok(deleted)
     }
 
     fn integrity_check(&self) -> Result<String> {

@@ -1,0 +1,218 @@
+//! Large values: blob files beside the database, zstd-compressed values, dedup, garbage
+//! collection of unreferenced files and of orphans a crash left behind.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use resumeflow_core::{
+    Engine, EngineOptions, Graph, NodeExecutor, NodeFuture, NodeOutput, NodeSpec, NodeTask,
+    ResumeOptions, RetryPolicy, StartOptions,
+};
+use rusqlite::Connection;
+
+fn engine(path: &Path, threshold: u64) -> Engine {
+    Engine::open(
+        path,
+        EngineOptions {
+            blob_file_threshold: Some(threshold),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// `big` returns `size` bytes derived from a generation counter; `copy` returns its input.
+fn graph() -> Arc<Graph> {
+    Arc::new(
+        Graph::new(
+            "blobs",
+            vec![
+                NodeSpec::new("big").with_retry(RetryPolicy::no_retry()),
+                NodeSpec::new("copy")
+                    .after("x", "big")
+                    .with_retry(RetryPolicy::no_retry()),
+            ],
+        )
+        .unwrap(),
+    )
+}
+
+fn executor(size: usize, generation: Arc<AtomicU32>, compress: bool) -> Arc<dyn NodeExecutor> {
+    Arc::new(move |task: NodeTask| -> NodeFuture {
+        let out = if task.node_id == "big" {
+            let g = generation.load(Ordering::SeqCst) as u8;
+            (0..size).map(|i| (i % 251) as u8 ^ g).collect()
+        } else {
+            task.inputs[0].1.bytes().unwrap().to_vec()
+        };
+        Box::pin(async move {
+            let mut output = NodeOutput::bytes(out);
+            output.compress = compress;
+            Ok(output)
+        })
+    })
+}
+
+fn blob_files(path: &Path) -> Vec<PathBuf> {
+    let dir = PathBuf::from(format!("{}.blobs", path.display()));
+    let Ok(subs) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    subs.flatten()
+        .flat_map(|s| std::fs::read_dir(s.path()).unwrap().flatten())
+        .map(|f| f.path())
+        .collect()
+}
+
+fn rows(path: &Path, query: &str) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row(query, [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_large_value_is_one_file_shared_by_every_node_that_returns_it() {
+    let store = TempStore::new();
+    let path = store.path();
+    let engine = engine(&path, 64 << 10);
+    let size = 1 << 20;
+    let state = finish(
+        &engine
+            .start(
+                graph(),
+                executor(size, Arc::default(), false),
+                BTreeMap::new(),
+                StartOptions::default(),
+            )
+            .unwrap(),
+    );
+    let out = engine.get_partial_results(&state.run_id).unwrap();
+    assert_eq!(out["big"].len(), size);
+    assert_eq!(out["big"], out["copy"]);
+    engine.close();
+    let files = blob_files(&path);
+    assert_eq!(files.len(), 1, "same bytes from two nodes: one file");
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), size as u64);
+    assert_eq!(
+        rows(&path, "SELECT count(*) FROM blobs WHERE location = 1"),
+        1
+    );
+    assert!(
+        std::fs::metadata(&path).unwrap().len() < size as u64,
+        "the bytes are not in the database"
+    );
+}
+
+#[test]
+fn compressed_values_round_trip_and_take_less_room() {
+    let store = TempStore::new();
+    let path = store.path();
+    let engine = engine(&path, u64::MAX);
+    let state = finish(
+        &engine
+            .start(
+                graph(),
+                executor(4 << 20, Arc::default(), true),
+                BTreeMap::new(),
+                StartOptions::default(),
+            )
+            .unwrap(),
+    );
+    let out = engine.get_partial_results(&state.run_id).unwrap();
+    assert_eq!(out["big"].len(), 4 << 20);
+    assert_eq!(out["big"][1000], (1000 % 251) as u8);
+    engine.close();
+    assert_eq!(rows(&path, "SELECT count(*) FROM blobs WHERE codec = 1"), 1);
+    let stored: i64 = rows(&path, "SELECT length(data) FROM blobs WHERE codec = 1");
+    assert!(
+        stored < (4 << 20) / 20,
+        "a periodic pattern compresses: {stored} B"
+    );
+}
+
+#[test]
+fn cleanup_removes_files_no_kept_checkpoint_references() {
+    let store = TempStore::new();
+    let path = store.path();
+    let engine = engine(&path, 64 << 10);
+    let generation = Arc::new(AtomicU32::new(1));
+    let exec = executor(256 << 10, generation.clone(), false);
+    let state = finish(
+        &engine
+            .start(
+                graph(),
+                exec.clone(),
+                BTreeMap::new(),
+                StartOptions::default(),
+            )
+            .unwrap(),
+    );
+    generation.store(2, Ordering::SeqCst);
+    finish(
+        &engine
+            .resume(
+                &state.run_id,
+                graph(),
+                exec,
+                ResumeOptions {
+                    rerun: vec!["big".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+    );
+    assert_eq!(blob_files(&path).len(), 2, "both generations stored");
+    let deleted = engine.cleanup(Some(&state.run_id), 1, None).unwrap();
+    assert!(deleted >= 1);
+    let left = blob_files(&path);
+    assert_eq!(left.len(), 1, "the first generation's file is gone");
+    let out = engine.get_partial_results(&state.run_id).unwrap();
+    assert_eq!(out["big"][0], 2, "the kept value still loads");
+    engine.close();
+}
+
+#[test]
+fn orphan_files_are_removed_once_older_than_the_grace_period() {
+    let store = TempStore::new();
+    let path = store.path();
+    let engine = engine(&path, 64 << 10);
+    finish(
+        &engine
+            .start(
+                graph(),
+                executor(128 << 10, Arc::default(), false),
+                BTreeMap::new(),
+                StartOptions::default(),
+            )
+            .unwrap(),
+    );
+    // What a crash between a blob file's write and its commit leaves: a file nothing names.
+    let kept = blob_files(&path)[0].clone();
+    let sub = kept.parent().unwrap();
+    let fresh = sub.join("ab".repeat(32));
+    let stale = sub.join("cd".repeat(32));
+    std::fs::write(&fresh, b"fresh orphan").unwrap();
+    std::fs::write(&stale, b"stale orphan").unwrap();
+    let old = SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    engine.cleanup(None, 1, None).unwrap();
+    assert!(kept.exists(), "a referenced file stays");
+    assert!(
+        fresh.exists(),
+        "a young orphan may belong to a commit in flight"
+    );
+    assert!(!stale.exists(), "an old orphan is collected");
+    engine.close();
+}

@@ -1,0 +1,129 @@
+"""Streaming (generator) nodes: chunks forwarded live to subscribers, one compressed bundle
+stored at completion, and resumption from a cursor.
+
+A generator node's yielded items are its output (a list), stored as one zstd-compressed entry
+when the node completes — not one write per chunk. While it runs, every item is also handed
+to the run's subscribers in this process (:meth:`resumeflow.Run.chunks`,
+:meth:`resumeflow.Engine.subscribe`). A streaming node that calls
+``ctx.save_partial_state(cursor)`` checkpoints the items yielded so far together with its
+cursor; a later attempt (after a crash or a retry) gets ``ctx.load_partial_state() == cursor``
+and the items before it are restored, so it continues from the cursor instead of starting
+over, and the final output is the whole stream.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import _codec
+from ._context import NodeContext
+
+#: Marks a partial state saved by a streaming node (items so far + the node's cursor).
+_STREAM_KEY = "__resumeflow_stream__"
+
+_lock = threading.Lock()
+_subscribers: dict[str, list[queue.SimpleQueue[tuple[str, Any]]]] = {}
+
+
+def publish(run_id: str, node_id: str, item: Any) -> None:
+    """Hands ``item`` to every subscriber of ``run_id`` in this process."""
+    with _lock:
+        queues = list(_subscribers.get(run_id, ()))
+    for q in queues:
+        q.put((node_id, item))
+
+
+class Subscription:
+    """Chunks of one run's streaming nodes as they are yielded: iterate to get
+    ``(node_id, item)`` pairs; iteration ends once the run is no longer executing here and
+    every chunk was delivered. Only chunks yielded after subscribing arrive.
+
+    >>> import resumeflow as rf, tempfile, os
+    >>> wf = rf.Workflow("sub-doc")
+    >>> @wf.node
+    ... def numbers():
+    ...     yield from range(3)
+    >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "s.db")) as engine:
+    ...     run = engine.start(wf)
+    ...     got = [item for _node, item in run.chunks()]
+    ...     state = run.wait()
+    >>> state.status, len(got) <= 3
+    ('completed', True)
+    """
+
+    def __init__(self, run_id: str, running: Callable[[], bool]) -> None:
+        self.run_id = run_id
+        self._running = running
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        with _lock:
+            _subscribers.setdefault(run_id, []).append(self._queue)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        try:
+            while True:
+                try:
+                    yield self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    if not self._running() and self._queue.empty():
+                        return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stops receiving chunks."""
+        with _lock:
+            queues = _subscribers.get(self.run_id, [])
+            if self._queue in queues:
+                queues.remove(self._queue)
+            if not queues:
+                _subscribers.pop(self.run_id, None)
+
+
+class StreamContext(NodeContext):
+    """The context of a streaming node: ``save_partial_state(cursor)`` also checkpoints the
+    items yielded so far; ``load_partial_state()`` returns the cursor."""
+
+    __slots__ = ("_items", "_cursor")
+
+    def __init__(self, core: Any, items: list[Any], cursor: Any) -> None:
+        super().__init__(core)
+        self._items = items
+        self._cursor = cursor
+
+    def save_partial_state(self, obj: Any) -> None:
+        state = {_STREAM_KEY: 1, "cursor": obj, "items": self._items}
+        self._core.save_partial_state(_codec.encode(state, node=self.node_id, what="partial_state"))
+        self._cursor = obj
+
+    def load_partial_state(self) -> Any:
+        return self._cursor
+
+
+def restore(core_ctx: Any) -> tuple[list[Any], Any]:
+    """Items and cursor a streaming node checkpointed in an earlier attempt (else none)."""
+    raw = core_ctx.load_partial_state()
+    if raw is None:
+        return [], None
+    saved = _codec.decode(raw)
+    if isinstance(saved, dict) and saved.get(_STREAM_KEY) == 1:
+        return list(saved["items"]), saved["cursor"]
+    return [], saved  # progress saved some other way (engine.save_partial_state)
+
+
+def collect(iterator: Iterator[Any], items: list[Any], run_id: str, node_id: str) -> list[Any]:
+    """Drains a generator into ``items``, publishing each item as it comes."""
+    for item in iterator:
+        items.append(item)
+        publish(run_id, node_id, item)
+    return items
+
+
+async def collect_async(agen: Any, items: list[Any], run_id: str, node_id: str) -> list[Any]:
+    """Drains an async generator into ``items``, publishing each item as it comes."""
+    async for item in agen:
+        items.append(item)
+        publish(run_id, node_id, item)
+    return items
