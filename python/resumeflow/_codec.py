@@ -269,17 +269,19 @@ def _prepare(obj: Any, path: str, frames: list[Any] | None = None) -> Any:
     raise _Unencodable(path, obj)
 
 
-def encode(obj: Any, *, node: str | None = None, what: str = "output") -> bytes:
-    """Encodes a value; raises ``SerializationError`` naming node, key path and type.
+def encode_parts(obj: Any, *, node: str | None = None, what: str = "output") -> list[Any]:
+    """Encodes a value as buffers whose concatenation is :func:`encode`'s result, without
+    joining them: large tensor and array data stay views of their own memory (the engine
+    writes them to a blob file as they are). Raises ``SerializationError`` like ``encode``.
 
-    >>> decode(encode([1.5, None, b"x"]))
-    [1.5, None, b'x']
+    >>> b"".join(encode_parts([1, "a"])) == encode([1, "a"])
+    True
     """
     try:
         frames: list[Any] = []
         document = msgpack.packb(_prepare(obj, what, frames), use_bin_type=True)
         if not frames:
-            return document
+            return [document]
         lengths = [len(f) if isinstance(f, bytes) else f.nbytes for f in frames]
         prefix = struct.pack(f"<I{len(frames)}QQ", len(frames), *lengths, len(document))
         parts: list[Any] = [_MAGIC, prefix, document]
@@ -288,7 +290,7 @@ def encode(obj: Any, *, node: str | None = None, what: str = "output") -> bytes:
             pad = -pos % _ALIGN  # every frame starts aligned (tensor views need it)
             parts += [b"\0" * pad, frame]
             pos += pad + n
-        return b"".join(parts)
+        return parts
     except SerializationError:
         raise
     except _Unencodable as e:
@@ -302,6 +304,21 @@ def encode(obj: Any, *, node: str | None = None, what: str = "output") -> bytes:
     except Exception as e:  # a tensor on the meta device, a registered encoder that raised, ...
         where = f"node {node!r}: " if node else ""
         raise SerializationError(f"{where}cannot encode {what}: {type(e).__name__}: {e}") from None
+
+
+def encode(obj: Any, *, node: str | None = None, what: str = "output") -> bytes:
+    """Encodes a value; raises ``SerializationError`` naming node, key path and type.
+
+    >>> decode(encode([1.5, None, b"x"]))
+    [1.5, None, b'x']
+    """
+    parts = encode_parts(obj, node=node, what=what)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def parts_size(parts: list[Any]) -> int:
+    """Total bytes of :func:`encode_parts`' buffers."""
+    return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
 
 
 def _lists_to_tuples(descr: Any) -> Any:

@@ -13,6 +13,10 @@ from ._context import NodeContext
 from ._failures import before_oom_retry, is_oom
 from ._workflow import Workflow
 
+#: Outputs at least this large are offered to the store as blob files (it decides by its own
+#: threshold); smaller ones are joined into bytes.
+_STAGE_MIN = 1 << 20
+
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 
@@ -75,9 +79,16 @@ class Runner:
                 for name in node.context_params:
                     kwargs[name] = NodeContext(core_ctx)
                 result = self._call(node, kwargs)
-            encoded = _codec.encode(result, node=node_id)
             # A stream's items are stored as one compressed bundle.
-            return (True, encoded, result, streaming)
+            if streaming:
+                return (True, _codec.encode(result, node=node_id), result, True)
+            parts = _codec.encode_parts(result, node=node_id)
+            if len(parts) > 1 and _codec.parts_size(parts) >= _STAGE_MIN:
+                # Large: the tensor memory goes straight to a blob file from this thread.
+                staged = core_ctx.stage_file(parts)
+                if staged is not None:
+                    return (True, staged, result, False)
+            return (True, b"".join(parts), result, False)
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, even SystemExit
             return self._failure(node, kwargs, exc)
 

@@ -129,4 +129,4 @@ class Checkpoint:
     @property
     def created(self) -> _dt.datetime:
         """``created_at`` as an aware UTC datetime."""
-        return _dt.datetime.fromtimestamp(self.created_at, tz=_dt.timezone.utc)
+        return _dt.datetime.fromtimestamp(self.created_at, tz=_dt.UTC)

@@ -480,6 +480,11 @@ impl Engine {
         self.inner.store.load_value(value)
     }
 
+    /// Loads one stored value into `buf` (exactly `value.size` long).
+    pub fn load_value_into(&self, value: &crate::state::ValueRef, buf: &mut [u8]) -> Result<()> {
+        self.inner.store.load_value_into(value, buf)
+    }
+
     fn require_node_of_run(&self, run_id: &str, node_id: &str) -> Result<()> {
         match self.inner.store.load_run(run_id)?.graph {
             Some(graph) => Ok(graph.require_node(node_id, "node_id").map(|_| ())?),

@@ -50,6 +50,9 @@ pub struct NodeOutput {
     pub live: Option<LiveObject>,
     /// Store the bytes zstd-compressed (streaming nodes' chunk bundles).
     pub compress: bool,
+    /// The value is already durable in a blob file ([`NodeContext::stage_file`]); `bytes`
+    /// is then empty.
+    pub file: Option<crate::state::ValueRef>,
 }
 
 impl NodeOutput {
@@ -64,6 +67,7 @@ impl NodeOutput {
             bytes: bytes.into(),
             live: None,
             compress: false,
+            file: None,
         }
     }
 }
@@ -132,6 +136,13 @@ impl NodeContext {
     /// the node's own thread, not from an async task.
     pub fn save_partial_state(&self, state: Vec<u8>) -> Result<()> {
         self.store.commit(self.partial_batch(state))
+    }
+
+    /// Writes a large output (given as segments, never joined) durably to the store's blob
+    /// files, from the node's own thread; `None` if it is small enough to return as bytes.
+    /// Return the reference in [`NodeOutput::file`].
+    pub fn stage_file(&self, segments: &[&[u8]]) -> Result<Option<crate::state::ValueRef>> {
+        self.store.stage_file(segments)
     }
 
     /// Async form of [`Self::save_partial_state`].

@@ -399,7 +399,10 @@ impl Scheduler {
         match result {
             Ok(output) => {
                 let bytes = output.bytes;
-                let stored = BatchValue::new(bytes.clone(), output.compress);
+                let stored = match output.file {
+                    Some(value) => BatchValue::in_file(value),
+                    None => BatchValue::new(bytes.clone(), output.compress),
+                };
                 let value_ref = stored.value.clone();
                 self.batch.values.push(stored);
                 self.push(EventKind::NodeCompleted {

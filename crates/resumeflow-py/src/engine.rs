@@ -108,6 +108,18 @@ pub struct PyEngine {
 }
 
 impl PyEngine {
+    /// A stored value read straight into a new `bytearray` (GIL released while reading):
+    /// writable, so decoded tensors and arrays share its memory instead of copying it.
+    fn value_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        value: &resumeflow_core::ValueRef,
+    ) -> PyResult<Bound<'py, PyByteArray>> {
+        PyByteArray::new_with(py, value.size as usize, |buf| {
+            detached(py, || self.engine.load_value_into(value, buf))
+        })
+    }
+
     /// The engine's store (shared by the thread-checkpoint saver).
     pub fn store(&self) -> Arc<dyn resumeflow_core::Store> {
         self.engine.store().clone()
@@ -228,11 +240,12 @@ impl PyEngine {
         py: Python<'py>,
         run_id: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let values = detached(py, || self.engine.get_partial_results(run_id))?;
+        let state = detached(py, || self.engine.get_current_state(run_id))?;
         let d = PyDict::new(py);
-        for (k, v) in values {
-            // Writable, so decoded tensors and arrays can share this memory (no copy).
-            d.set_item(k, PyByteArray::new(py, &v))?;
+        for id in state.completed() {
+            if let Some(value) = state.nodes[&id].output.as_ref() {
+                d.set_item(id, self.value_bytes(py, value)?)?;
+            }
         }
         Ok(d)
     }
@@ -248,8 +261,7 @@ impl PyEngine {
             hash: hash.as_bytes().to_vec(),
             size,
         };
-        let bytes = detached(py, || self.engine.load_value(&value))?;
-        Ok(PyByteArray::new(py, &bytes))
+        self.value_bytes(py, &value)
     }
 
     fn save_partial_state(

@@ -6,10 +6,12 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use resumeflow_core::{
-    LiveObject, NodeContext, NodeExecutor, NodeFailure, NodeFuture, NodeOutput, NodeTask, NodeValue,
+    LiveObject, NodeContext, NodeExecutor, NodeFailure, NodeFuture, NodeOutput, NodeTask,
+    NodeValue, ValueRef,
 };
 
 use resumeflow_core::process_local::{get_or_make, Slot};
@@ -109,13 +111,23 @@ fn live_of(py: Python<'_>, obj: &LiveObject) -> Option<Py<PyAny>> {
 fn parse_result(result: &Bound<'_, PyAny>) -> PyResult<Result<NodeOutput, NodeFailure>> {
     let result = result.cast::<PyTuple>()?;
     if result.get_item(0)?.extract::<bool>()? {
-        let bytes: Arc<[u8]> = Arc::from(result.get_item(1)?.cast::<PyBytes>()?.as_bytes());
+        let encoded = result.get_item(1)?;
+        // Either the encoded bytes, or `(hash, size)` of a value the node's thread already
+        // wrote to a blob file (`CoreNodeContext.stage_file`).
+        let (bytes, file): (Arc<[u8]>, _) = match encoded.cast::<PyBytes>() {
+            Ok(b) => (Arc::from(b.as_bytes()), None),
+            Err(_) => {
+                let (hash, size): (Vec<u8>, u64) = encoded.extract()?;
+                (Arc::from(&[][..]), Some(ValueRef { hash, size }))
+            }
+        };
         let live: LiveObject = Arc::new(result.get_item(2)?.unbind());
         let compress = result.len() > 3 && result.get_item(3)?.extract::<bool>()?;
         Ok(Ok(NodeOutput {
             bytes,
             live: Some(live),
             compress,
+            file,
         }))
     } else {
         Ok(Err(NodeFailure {
@@ -260,6 +272,29 @@ impl PyNodeContext {
     }
 
     /// Extends the run's lease now.
+    /// Writes a large encoded output, given as buffers whose concatenation is the value,
+    /// straight to a blob file with the GIL released (no joined copy); returns
+    /// `(hash, size)` to return in place of the bytes, or None when the value is below the
+    /// store's file threshold.
+    fn stage_file<'py>(
+        &self,
+        py: Python<'py>,
+        parts: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, u64)>> {
+        let buffers = parts
+            .iter()
+            .map(PyBuffer::<u8>::get)
+            .collect::<PyResult<Vec<_>>>()?;
+        if let Some(i) = buffers.iter().position(|b| !b.is_c_contiguous()) {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "stage_file: part {i} is not a contiguous buffer"
+            )));
+        }
+        let segments = crate::buffers::segments(&buffers);
+        let staged = detached(py, || self.inner.stage_file(&segments))?;
+        Ok(staged.map(|v| (PyBytes::new(py, &v.hash), v.size)))
+    }
+
     fn heartbeat(&self, py: Python<'_>) -> PyResult<()> {
         detached(py, || self.inner.heartbeat())
     }

@@ -1,6 +1,7 @@
 //! `resumeflow._core`: the PyO3 bindings. They convert types, release the GIL around every
 //! engine call, and map core errors to Python exceptions; no engine logic lives here.
 
+mod buffers;
 mod convert;
 mod engine;
 mod errors;

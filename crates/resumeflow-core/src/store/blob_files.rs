@@ -119,6 +119,87 @@ impl BlobFiles {
         Ok(())
     }
 
+    /// Writes a value given as consecutive segments (never joined in memory): the BLAKE3 hash
+    /// is computed on a second thread while this one writes a temporary file, which is then
+    /// fsynced and renamed to the hash's name. Returns the value's reference.
+    pub fn write_segments(&self, segments: &[&[u8]]) -> Result<ValueRef> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| self.error("directory", &e))?;
+        let tmp = self
+            .dir
+            .join(format!(".tmp-{}-{}", std::process::id(), fastrand::u64(..)));
+        let (hash, written) = std::thread::scope(|scope| {
+            let hasher = scope.spawn(|| {
+                let mut h = blake3::Hasher::new();
+                for s in segments {
+                    h.update(s);
+                }
+                h.finalize()
+            });
+            let written = (|| -> std::io::Result<()> {
+                let mut options = OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut file = options.open(&tmp)?;
+                for s in segments {
+                    file.write_all(s)?;
+                }
+                file.sync_all()
+            })();
+            (hasher.join().expect("hashing does not panic"), written)
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.error(&format!("write {}", tmp.display()), &e));
+        }
+        let value = ValueRef {
+            hash: hash.as_bytes().to_vec(),
+            size: segments.iter().map(|s| s.len() as u64).sum(),
+        };
+        let target = self.path_of(&value.hash);
+        let sub = target.parent().expect("blob paths have a parent");
+        let placed = (|| -> std::io::Result<()> {
+            if !sub.is_dir() {
+                fs::create_dir_all(sub)?;
+                fsync_dir(&self.dir)?;
+            }
+            if fs::metadata(&target).is_ok_and(|m| m.len() == value.size) {
+                fs::remove_file(&tmp)?; // the same content is there already
+            } else {
+                fs::rename(&tmp, &target)?;
+            }
+            fsync_dir(sub)
+        })();
+        if let Err(e) = placed {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.error(&format!("place {}", target.display()), &e));
+        }
+        Ok(value)
+    }
+
+    /// Reads a value's stored form into `buf` (exactly its length).
+    pub fn read_into(&self, hash: &[u8], buf: &mut [u8]) -> Result<()> {
+        use std::io::Read;
+        let path = self.path_of(hash);
+        let corrupt = |e: std::io::Error| -> Error {
+            StoreError::Corrupt {
+                path: self.db.clone(),
+                table: "blobs".into(),
+                message: format!("blob file {} cannot be read: {e}", path.display()),
+            }
+            .into()
+        };
+        let mut file = File::open(&path).map_err(corrupt)?;
+        let len = file.metadata().map_err(corrupt)?.len();
+        if len != buf.len() as u64 {
+            return Err(corrupt(std::io::Error::other(format!(
+                "{len} bytes, expected {}",
+                buf.len()
+            ))));
+        }
+        file.read_exact(buf).map_err(corrupt)
+    }
+
     /// Reads a value's stored form.
     pub fn read(&self, hash: &[u8]) -> Result<Vec<u8>> {
         let path = self.path_of(hash);

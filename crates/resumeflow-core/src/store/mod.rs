@@ -152,6 +152,17 @@ pub struct BatchValue {
 }
 
 impl BatchValue {
+    /// A value already durable in a blob file (see [`Store::stage_file`]).
+    pub fn in_file(value: ValueRef) -> Self {
+        Self {
+            value,
+            bytes: Arc::from(&[][..]),
+            compress: false,
+            codec: ValueCodec::Raw,
+            in_file: true,
+        }
+    }
+
     /// A value to store, compressed or not.
     ///
     /// ```
@@ -253,6 +264,21 @@ pub trait Store: Send + Sync + 'static {
     fn integrity_check(&self) -> Result<String>;
     /// Stops the writer after draining what was submitted, and releases the file.
     fn close(&self);
+
+    /// Writes a large value given as segments straight to durable storage outside the
+    /// database (a blob file), before any commit references it; `None` if the value is
+    /// below the store's file threshold (or the store keeps no files): store it as bytes.
+    fn stage_file(&self, segments: &[&[u8]]) -> Result<Option<ValueRef>> {
+        let _ = segments;
+        Ok(None)
+    }
+
+    /// Loads a stored value into `buf`, which is exactly `value.size` long (no intermediate
+    /// copy for a value in a blob file).
+    fn load_value_into(&self, value: &ValueRef, buf: &mut [u8]) -> Result<()> {
+        buf.copy_from_slice(&self.load_value(value)?);
+        Ok(())
+    }
 
     /// The store's thread checkpoints (external graph frameworks' checkpoints), if it keeps
     /// them.
