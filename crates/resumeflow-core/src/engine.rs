@@ -320,8 +320,9 @@ impl Engine {
             lease
         };
         // Fold the same events over the stored nodes (no second read of the store).
+        let mut stored = stored;
         let mut projection = RunProjection {
-            nodes: stored.state.nodes.clone(),
+            nodes: std::mem::take(&mut stored.state.nodes),
             ..RunProjection::default()
         };
         for kind in projection_events {

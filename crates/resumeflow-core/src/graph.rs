@@ -115,6 +115,9 @@ pub struct Graph {
     index: HashMap<String, usize>,
     #[serde(skip)]
     hash: HashCache,
+    /// Positions of each node's upstream nodes (by position), without repeats.
+    #[serde(skip)]
+    upstream: Vec<Vec<usize>>,
 }
 
 /// The structural hash, computed once per graph (a graph is immutable once built). Never
@@ -191,16 +194,21 @@ impl Graph {
     }
 
     fn indexed(name: String, nodes: Vec<NodeSpec>) -> Self {
-        let index = nodes
+        let index: HashMap<String, usize> = nodes
             .iter()
             .enumerate()
             .map(|(i, n)| (n.id.clone(), i))
+            .collect();
+        let upstream = nodes
+            .iter()
+            .map(|n| n.upstream().filter_map(|u| index.get(u).copied()).collect())
             .collect();
         Self {
             name,
             nodes,
             index,
             hash: HashCache::default(),
+            upstream,
         }
     }
 
@@ -222,6 +230,12 @@ impl Graph {
     /// The node with this id.
     pub fn node(&self, id: &str) -> Option<&NodeSpec> {
         self.index.get(id).map(|&i| &self.nodes[i])
+    }
+
+    /// Positions of the upstream nodes of the node at position `i` (a validated graph's
+    /// inputs all name nodes of the graph).
+    pub fn upstream_of(&self, i: usize) -> &[usize] {
+        &self.upstream[i]
     }
 
     /// Position of a node in topological order.

@@ -107,7 +107,7 @@ struct Scheduler {
     first_error: Option<String>,
     batch: RunBatch,
     deferred: RunBatch,
-    tickets: Vec<CommitTicket>,
+    tickets: VecDeque<CommitTicket>,
     running: JoinSet<Finished>,
 }
 
@@ -141,15 +141,15 @@ impl Scheduler {
                     outputs[i].clone_from(&state.output);
                 }
             }
-            for up in node.upstream() {
-                let u = graph.position(up).expect("validated graph");
+            for &u in graph.upstream_of(i) {
                 dependants[u].push(i);
             }
         }
-        for (i, node) in graph.nodes().iter().enumerate() {
-            missing_deps[i] = node
-                .upstream()
-                .filter(|u| phase[graph.position(u).expect("validated")] != Phase::Completed)
+        for (i, missing) in missing_deps.iter_mut().enumerate() {
+            *missing = graph
+                .upstream_of(i)
+                .iter()
+                .filter(|&&u| phase[u] != Phase::Completed)
                 .count();
         }
         let mut ready = VecDeque::new();
@@ -178,7 +178,7 @@ impl Scheduler {
             first_error: None,
             batch: RunBatch::new(&run_id, token),
             deferred: RunBatch::new(&run_id, token),
-            tickets: Vec::new(),
+            tickets: VecDeque::new(),
             running: JoinSet::new(),
         }
     }
@@ -212,7 +212,7 @@ impl Scheduler {
                 // Not awaited: dependants may start before their producer's commit lands
                 // (shared/ARCHITECTURE.md); commits stay in order through the single writer,
                 // and a refused batch stops every later batch of this lease.
-                self.tickets.push(self.setup.store.submit(batch));
+                self.tickets.push_back(self.setup.store.submit(batch));
                 Ok(())
             }
             Durability::Off => {
@@ -222,22 +222,26 @@ impl Scheduler {
         }
     }
 
-    /// Surfaces the first refused commit of `batched` mode.
+    /// Surfaces the first refused commit of `batched` mode. Commits land in order, so only
+    /// the oldest tickets need looking at (the others cannot be done before them).
     fn check_tickets(&mut self) -> Result<()> {
-        let mut first_error = None;
-        self.tickets.retain_mut(|t| match t.try_recv() {
-            Ok(Ok(())) => false,
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-                false
+        while let Some(ticket) = self.tickets.front_mut() {
+            match ticket.try_recv() {
+                Ok(Ok(())) => {
+                    self.tickets.pop_front();
+                }
+                Ok(Err(e)) => {
+                    self.tickets.pop_front();
+                    return Err(e);
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    self.tickets.pop_front();
+                    return Err(Error::Shutdown);
+                }
             }
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                first_error.get_or_insert(Error::Shutdown);
-                false
-            }
-        });
-        first_error.map_or(Ok(()), Err)
+        }
+        Ok(())
     }
 
     /// Commits everything still deferred or in flight; earlier commits are confirmed before
