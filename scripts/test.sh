@@ -22,3 +22,12 @@ echo "== ruff"
 echo "== pytest"
 # pytest exits 5 when it collects no test at all: that is a failure here too (set -e).
 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+
+echo "== benchmark smoke (compare.py --quick: fails only if a workload errors, never on timing)"
+SMOKE=$(mktemp)
+"$VENV/bin/python" benches/compare.py --quick > "$SMOKE" 2>&1 || {
+  cat "$SMOKE"
+  exit 1
+}
+tail -n 3 "$SMOKE"
+rm -f "$SMOKE"
