@@ -86,7 +86,7 @@ def workload_plan(cfg: dict, dbos: bool) -> dict[str, Callable[[], list[dict]]]:
         "W2": lambda: wl.w2(width, rounds, w2_extra),
         "W3": lambda: wl.w3(cfg["w3_events"], rounds),
         "W4": lambda: wl.w4(cfg["w4_sizes"], cfg["w4_reps"]),
-        "W5": lambda: wl.w5(cfg["w5_bytes"], min(rounds, 3)),
+        "W5": lambda: wl.w5(cfg["w5_bytes"], min(rounds, 6)),
         "W6": lambda: wl.w6(cfg["w6_runs"], cfg["w6_rounds"]),
         "W7": lambda: wl.w7(cfg["w7_seconds"], rounds),
         "W8": lambda: wl.w8(*cfg["w8"]),

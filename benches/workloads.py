@@ -739,18 +739,24 @@ def w5(nbytes: int, rounds: int) -> list[dict]:
     tensor = big_tensor(nbytes)
     s: dict[str, list[float]] = {k: [] for k in (
         "rf_run", "rf_noop", "rf_load", "torch_save", "torch_load", "raw_save", "raw_load")}
-    for r in range(rounds):
-        tensor[0] = float(r)
+    def rf_round() -> None:
         run_s, load_s = w5_rf_once(tensor)
         s["rf_run"].append(run_s)
         s["rf_load"].append(load_s)
         s["rf_noop"].append(w5_rf_once(tensor, noop=True)[0])
-        save_s, load_s = w5_file_once(tensor, "torch")
-        s["torch_save"].append(save_s)
-        s["torch_load"].append(load_s)
-        save_s, load_s = w5_file_once(tensor, "raw")
-        s["raw_save"].append(save_s)
-        s["raw_load"].append(load_s)
+
+    def file_round(how: str) -> None:
+        save_s, load_s = w5_file_once(tensor, how)
+        s[f"{how}_save"].append(save_s)
+        s[f"{how}_load"].append(load_s)
+
+    systems = [rf_round, lambda: file_round("torch"), lambda: file_round("raw")]
+    for r in range(rounds):
+        tensor[0] = float(r)
+        # The order rotates every round: a write right after another one's large write (and
+        # its file's deletion) pays for that one's writeback, so no system always goes first.
+        for i in range(len(systems)):
+            systems[(i + r) % len(systems)]()
     med = {k: statistics.median(v) for k, v in s.items()}
     persist = {
         "resumeflow (run - no-op run)": max(med["rf_run"] - med["rf_noop"], 1e-9),
