@@ -166,6 +166,12 @@ def _safetensors_pack(tensors: dict[str, Any], path: str) -> bytes:
     return b"".join([struct.pack("<Q", len(blob)), blob, *chunks])
 
 
+def _itemsize(dtype: str) -> int:
+    import torch
+
+    return int(torch.empty(0, dtype=getattr(torch, dtype)).element_size())
+
+
 def _safetensors_unpack(data: bytes | memoryview) -> dict[str, Any]:
     (n,) = struct.unpack_from("<Q", data)
     header = json.loads(bytes(data[8 : 8 + n]))
@@ -176,7 +182,10 @@ def _safetensors_unpack(data: bytes | memoryview) -> dict[str, Any]:
     for key, info in header.items():
         start, end = info["data_offsets"]
         dtype = _TORCH_BY_SAFETENSORS[info["dtype"]]
-        out[key] = _tensor_from(dtype, info["shape"], devices.get(key, "cpu"), data[base + start : base + end])
+        raw = data[base + start : base + end]
+        if isinstance(raw, memoryview) and (base + start) % _itemsize(dtype):
+            raw = bytes(raw)  # packed after a smaller dtype: misaligned for a shared view
+        out[key] = _tensor_from(dtype, info["shape"], devices.get(key, "cpu"), raw)
     return out
 
 

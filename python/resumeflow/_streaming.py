@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,7 +40,10 @@ def publish(run_id: str, node_id: str, item: Any) -> None:
 class Subscription:
     """Chunks of one run's streaming nodes as they are yielded: iterate to get
     ``(node_id, item)`` pairs; iteration ends once the run is no longer executing here and
-    every chunk was delivered. Only chunks yielded after subscribing arrive.
+    every chunk was delivered. Only chunks yielded after subscribing arrive; a retried
+    attempt yields (and delivers) its chunks again from its cursor. Subscriptions are per
+    process and keyed by run id (two engines in one process running the same run id share
+    them).
 
     >>> import resumeflow as rf, tempfile, os
     >>> wf = rf.Workflow("sub-doc")
@@ -60,6 +64,8 @@ class Subscription:
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         with _lock:
             _subscribers.setdefault(run_id, []).append(self._queue)
+        # A subscription dropped without being iterated to the end stops receiving chunks.
+        self._finalizer = weakref.finalize(self, _unsubscribe, run_id, self._queue)
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
         try:
@@ -74,12 +80,16 @@ class Subscription:
 
     def close(self) -> None:
         """Stops receiving chunks."""
-        with _lock:
-            queues = _subscribers.get(self.run_id, [])
-            if self._queue in queues:
-                queues.remove(self._queue)
-            if not queues:
-                _subscribers.pop(self.run_id, None)
+        self._finalizer()
+
+
+def _unsubscribe(run_id: str, q: queue.SimpleQueue[tuple[str, Any]]) -> None:
+    with _lock:
+        queues = _subscribers.get(run_id, [])
+        if q in queues:
+            queues.remove(q)
+        if not queues:
+            _subscribers.pop(run_id, None)
 
 
 class StreamContext(NodeContext):

@@ -202,10 +202,9 @@ impl Scheduler {
             RunBatch::new(&self.setup.lease.run_id, Some(self.setup.lease.token)),
         );
         match self.setup.durability {
-            Durability::Sync => self
-                .setup
-                .store
-                .submit(batch)
+            // In `sync` mode the submit may commit (and write blob files) on this thread:
+            // let the runtime move its other tasks (the lease keeper) elsewhere meanwhile.
+            Durability::Sync => tokio::task::block_in_place(|| self.setup.store.submit(batch))
                 .await
                 .unwrap_or(Err(Error::Shutdown)),
             Durability::Batched => {
@@ -403,6 +402,7 @@ impl Scheduler {
         match result {
             Ok(output) => {
                 let bytes = output.bytes;
+                let in_file = output.file.is_some();
                 let stored = match output.file {
                     Some(value) => BatchValue::in_file(value),
                     None => BatchValue::new(bytes.clone(), output.compress),
@@ -414,10 +414,16 @@ impl Scheduler {
                     attempt,
                     value: value_ref.clone(),
                 });
-                self.values.insert(
-                    i,
-                    output.live.map_or(NodeValue::Bytes(bytes), NodeValue::Live),
-                );
+                match (output.live, in_file) {
+                    (Some(live), _) => {
+                        self.values.insert(i, NodeValue::Live(live));
+                    }
+                    (None, false) => {
+                        self.values.insert(i, NodeValue::Bytes(bytes));
+                    }
+                    // Only in a blob file: dependants load it from the store.
+                    (None, true) => {}
+                }
                 self.outputs[i] = Some(value_ref);
                 self.phase[i] = Phase::Completed;
                 for d in self.dependants[i].clone() {

@@ -216,3 +216,66 @@ fn orphan_files_are_removed_once_older_than_the_grace_period() {
     assert!(!stale.exists(), "an old orphan is collected");
     engine.close();
 }
+
+#[test]
+fn a_compressed_and_a_raw_copy_of_one_value_do_not_overwrite_each_other() {
+    // Regression: both stored forms of one value used to share a file name, so the raw copy
+    // replaced the compressed file that the value's row (codec zstd) pointed at.
+    let store = TempStore::new();
+    let path = store.path();
+    let engine = engine(&path, 64 << 10);
+    let size = 1 << 20;
+    let exec: Arc<dyn NodeExecutor> = Arc::new(move |task: NodeTask| -> NodeFuture {
+        let compress = task.node_id == "big";
+        let out: Vec<u8> = if compress {
+            noise(size)
+        } else {
+            task.inputs[0].1.bytes().unwrap().to_vec()
+        };
+        Box::pin(async move {
+            let mut output = NodeOutput::bytes(out);
+            output.compress = compress;
+            Ok(output)
+        })
+    });
+    let big = noise(size);
+    for _ in 0..2 {
+        let state = finish(
+            &engine
+                .start(
+                    graph(),
+                    exec.clone(),
+                    BTreeMap::new(),
+                    StartOptions::default(),
+                )
+                .unwrap(),
+        );
+        let out = engine.get_partial_results(&state.run_id).unwrap();
+        assert_eq!(out["big"], big);
+        assert_eq!(out["copy"], big);
+    }
+    engine.close();
+    let names: Vec<String> = blob_files(&path)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| std::path::Path::new(n)
+            .extension()
+            .is_some_and(|e| e == "zst")),
+        "{names:?}"
+    );
+}
+
+/// Bytes zstd cannot shrink much (so the compressed form is still above the threshold).
+fn noise(size: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

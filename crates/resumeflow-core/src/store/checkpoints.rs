@@ -284,7 +284,7 @@ fn compact_events(conn: &Connection, path: &Path, run_id: &str, upto: i64) -> Re
 
 /// Removes values that no node state, checkpoint or compacted event refers to; returns the
 /// hashes of those whose bytes live in blob files (to remove once this commits).
-pub fn collect_garbage(conn: &Connection, path: &Path) -> Result<Vec<Vec<u8>>> {
+pub fn collect_garbage(conn: &Connection, path: &Path) -> Result<Vec<(Vec<u8>, i64)>> {
     // One pass each: SQLite builds the set of referenced hashes once (no per-blob lookups,
     // and no indexes on the hot write path just for this rare sweep).
     const UNREFERENCED: &str = "hash NOT IN (
@@ -293,10 +293,10 @@ pub fn collect_garbage(conn: &Connection, path: &Path) -> Result<Vec<Vec<u8>>> {
             UNION SELECT hash FROM compaction_refs)";
     let files = conn
         .prepare(&format!(
-            "SELECT hash FROM blobs WHERE location = 1 AND {UNREFERENCED}"
+            "SELECT hash, codec FROM blobs WHERE location = 1 AND {UNREFERENCED}"
         ))
         .and_then(|mut st| {
-            st.query_map([], |r| r.get(0))?
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(sql(path))?;

@@ -228,7 +228,7 @@ impl SqliteStore {
                 v.codec = ValueCodec::Zstd;
             }
             if v.bytes.len() as u64 >= self.files.threshold() {
-                self.files.write(&v.value, &v.bytes)?;
+                self.files.write(&v.value, v.codec, &v.bytes)?;
                 failpoint("after_blob_write");
                 v.bytes = Arc::from(&[][..]);
                 v.in_file = true;
@@ -237,29 +237,40 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Removes the files of values the last garbage collection deleted (if no row took them
-    /// back since), then orphan files older than the grace period.
-    fn collect_files(&self, deleted: Vec<Vec<u8>>) -> Result<usize> {
+    /// Removes the files of values the last garbage collection deleted, then orphan files
+    /// older than the grace period; inside a write transaction, so no commit in any process
+    /// can reference one of them meanwhile (a later commit that expected a removed file
+    /// finds it missing and is refused: never a dangling reference).
+    fn collect_files(&self, deleted: Vec<(Vec<u8>, i64)>) -> Result<usize> {
         let grace = Duration::from_secs(self.orphan_grace_s.load(Ordering::Relaxed));
-        self.read(|conn| {
-            let mut st = conn
-                .prepare_cached("SELECT hash FROM blobs WHERE location = 1")
-                .map_err(sql(&self.path))?;
-            let referenced: HashSet<String> = st
-                .query_map([], |r| r.get::<_, Vec<u8>>(0))
-                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-                .map_err(sql(&self.path))?
-                .iter()
-                .map(|h| blob_files::file_name(h))
-                .collect();
+        let files = self.files.clone();
+        let path = self.path.clone();
+        self.writer.call(move |conn, _| {
+            let map = sql(&path);
             let mut removed = 0;
-            for hash in deleted {
-                if !referenced.contains(&blob_files::file_name(&hash)) {
-                    self.files.remove(&hash);
+            let mut still = conn
+                .prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1 AND location = 1")
+                .map_err(&map)?;
+            for (hash, codec) in deleted {
+                let codec = ValueCodec::from_code(codec).unwrap_or_default();
+                if !still.exists([&hash]).map_err(&map)? {
+                    files.remove(&hash, codec);
                     removed += 1;
                 }
             }
-            Ok(removed + self.files.sweep_orphans(&referenced, grace))
+            let referenced: HashSet<String> = conn
+                .prepare_cached("SELECT hash, codec FROM blobs WHERE location = 1")
+                .and_then(|mut st| {
+                    st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(&map)?
+                .into_iter()
+                .map(|(h, c)| {
+                    blob_files::file_name(&h, ValueCodec::from_code(c).unwrap_or_default())
+                })
+                .collect();
+            Ok(removed + files.sweep_orphans(&referenced, grace))
         })
     }
 
@@ -448,22 +459,23 @@ impl Store for SqliteStore {
                     });
                 }
             }
-            // A reference is committed only while its file exists (a cleanup in another
-            // process cannot have taken it for an orphan: it is younger than the grace).
-            if let Some(v) = batch
+            // A reference is committed only while its file exists (a cleanup, in any process,
+            // sweeps inside a write transaction too, so this check and the commit are atomic
+            // with respect to it).
+            let missing = batch
                 .values
                 .iter()
-                .find(|v| v.in_file && !files.exists(&v.value.hash))
-            {
-                return Err(unusable(
+                .find(|v| v.in_file && !files.exists(&v.value.hash, v.codec));
+            let result = match missing {
+                Some(v) => Err(unusable(
                     &path,
                     format!(
                         "blob file of value {} vanished before its commit",
                         v.value.hex()
                     ),
-                ));
-            }
-            let result = apply::apply_batch(conn, &path, &batch, at);
+                )),
+                None => apply::apply_batch(conn, &path, &batch, at),
+            };
             if let (Err(_), Some(key)) = (&result, key) {
                 poisoned.lock().expect("poison lock").insert(key);
             }
@@ -507,21 +519,21 @@ impl Store for SqliteStore {
         let (data, location, codec) =
             row.ok_or_else(|| bad(format!("value {} is missing", value.hex())))?;
         // A blob file is read outside the reader lock (it may be large).
+        let Some(codec) = ValueCodec::from_code(codec) else {
+            return Err(bad(format!(
+                "value {} has unknown codec {codec}",
+                value.hex()
+            )));
+        };
         let stored = if location == 1 {
-            self.files.read(&value.hash)?
+            self.files.read(&value.hash, codec)?
         } else {
             data
         };
-        let data = match ValueCodec::from_code(codec) {
-            Some(ValueCodec::Raw) => stored,
-            Some(ValueCodec::Zstd) => zstd::bulk::decompress(&stored, value.size as usize)
+        let data = match codec {
+            ValueCodec::Raw => stored,
+            ValueCodec::Zstd => zstd::bulk::decompress(&stored, value.size as usize)
                 .map_err(|e| bad(format!("value {} does not decompress: {e}", value.hex())))?,
-            None => {
-                return Err(bad(format!(
-                    "value {} has unknown codec {codec}",
-                    value.hex()
-                )))
-            }
         };
         if ValueRef::of(&data) != *value {
             return Err(bad(format!("value {} fails its hash check", value.hex())));
@@ -650,7 +662,7 @@ impl Store for SqliteStore {
             buf.copy_from_slice(&self.load_value(value)?);
             return Ok(());
         }
-        self.files.read_into(&value.hash, buf)?;
+        self.files.read_into(&value.hash, ValueCodec::Raw, buf)?;
         if blake3::hash(buf).as_bytes()[..] != value.hash[..] {
             return Err(corrupt(
                 &self.path,

@@ -282,7 +282,21 @@ fn commit_group(conn: &mut Connection, path: &Path, mut jobs: Vec<Box<dyn WriteJ
     for job in &mut jobs {
         match tx.savepoint() {
             Ok(mut sp) => {
-                if job.run(&sp, at) {
+                // A panicking operation is refused like a failed one (its savepoint rolls
+                // back); it must not unwind through the connection lock of every later writer.
+                let ran =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(&sp, at)));
+                let ok = ran.unwrap_or_else(|_| {
+                    job.fail(
+                        StoreError::Sqlite {
+                            path: path.to_path_buf(),
+                            message: "a write operation panicked; it was rolled back".into(),
+                        }
+                        .into(),
+                    );
+                    false
+                });
+                if ok {
                     if let Err(e) = sp.commit() {
                         job.fail(sqlite_error(path, "release savepoint", &e));
                     }
