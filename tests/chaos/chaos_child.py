@@ -10,13 +10,13 @@ from __future__ import annotations
 import sys
 
 import resumeflow as rf
-from chaos_workflows import WORKFLOWS
+from chaos_workflows import BLOB_FILE_THRESHOLD, WORKFLOWS
 
 
 def main() -> None:
     mode, db = sys.argv[1], sys.argv[2]
     names = sorted(WORKFLOWS)
-    with rf.Engine(db, lease_seconds=30.0) as engine:
+    with rf.Engine(db, lease_seconds=30.0, blob_file_threshold=BLOB_FILE_THRESHOLD) as engine:
         print("ready", flush=True)
         if mode == "start":
             prefix, count = sys.argv[3], int(sys.argv[4])

@@ -1,5 +1,6 @@
 """Workflows the chaos driver runs and kills: chains, fan-out/fan-in, retries, partial-state
-nodes and streaming nodes. Results are deterministic whatever happens to the process, and
+nodes, streaming nodes, and large values stored as blob files (engines here use
+``BLOB_FILE_THRESHOLD``). Results are deterministic whatever happens to the process, and
 every node execution is appended (fsynced) to the side-effect ledger named by RF_LEDGER as
 ``run_id|node|attempt``."""
 
@@ -12,6 +13,8 @@ import time
 import resumeflow as rf
 
 RETRY = rf.RetryPolicy(max_attempts=5, initial_interval=0.001, max_interval=0.01)
+#: Values from 1 MiB up are blob files in the chaos stores (every engine opens with it).
+BLOB_FILE_THRESHOLD = 1 << 20
 
 
 def record(ctx: rf.NodeContext) -> None:
@@ -129,7 +132,49 @@ def stream_wf() -> rf.Workflow:
     return wf
 
 
-WORKFLOWS = {wf.name: wf for wf in (chain_wf(), fan_wf(), retry_wf(), partial_wf(), stream_wf())}
+def tensor_wf() -> rf.Workflow:
+    """Blob files both ways: an array written by its node's thread (buffer protocol), and
+    bytes written by the store when the batch is submitted; the same content in every run
+    (dedup across runs and processes)."""
+    import numpy as np
+
+    wf = rf.Workflow("chaos_tensor")
+
+    @wf.node(retry=RETRY)
+    def array(ctx: rf.NodeContext):
+        record(ctx)
+        jitter()
+        return np.arange(1 << 18, dtype=np.float64)  # 2 MiB
+
+    @wf.node(retry=RETRY)
+    def blob(ctx: rf.NodeContext, array):
+        record(ctx)
+        return (array[: 3 << 17] % 251).astype(np.uint8).tobytes() * 4  # 1.5 MiB
+
+    @wf.node(retry=RETRY)
+    def total(ctx: rf.NodeContext, array, blob):
+        record(ctx)
+        return int(array.sum()) + len(blob)
+
+    return wf
+
+
+def same(value, expected) -> bool:
+    """Equality that also compares numpy arrays."""
+    import numpy as np
+
+    if isinstance(expected, np.ndarray):
+        return isinstance(value, np.ndarray) and np.array_equal(value, expected)
+    if isinstance(expected, dict):
+        return (isinstance(value, dict) and value.keys() == expected.keys()
+                and all(same(value[k], expected[k]) for k in expected))
+    return bool(value == expected)
+
+
+WORKFLOWS = {
+    wf.name: wf
+    for wf in (chain_wf(), fan_wf(), retry_wf(), partial_wf(), stream_wf(), tensor_wf())
+}
 
 EXPECTED = {
     "chaos_chain": None,  # filled below
@@ -138,6 +183,15 @@ EXPECTED = {
     "chaos_partial": {"epochs": sum(e * e for e in range(8)), "report": {"total": sum(e * e for e in range(8))}},
     "chaos_stream": {"tokens": [f"t{i}" for i in range(40)], "joined": "".join(f"t{i}" for i in range(40))},
 }
+def _expected_tensor() -> dict:
+    import numpy as np
+
+    array = np.arange(1 << 18, dtype=np.float64)
+    blob = (array[: 3 << 17] % 251).astype(np.uint8).tobytes() * 4
+    return {"array": array, "blob": blob, "total": int(array.sum()) + len(blob)}
+
+
+EXPECTED["chaos_tensor"] = _expected_tensor()
 _v = 0
 _chain = {}
 for _i in range(6):
