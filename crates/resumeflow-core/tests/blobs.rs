@@ -59,6 +59,15 @@ fn executor(size: usize, generation: Arc<AtomicU32>, compress: bool) -> Arc<dyn 
     })
 }
 
+/// Runs [`graph`] to the end with `exec`.
+fn start(engine: &Engine, exec: Arc<dyn NodeExecutor>) -> resumeflow_core::RunState {
+    finish(
+        &engine
+            .start(graph(), exec, BTreeMap::new(), StartOptions::default())
+            .unwrap(),
+    )
+}
+
 fn blob_files(path: &Path) -> Vec<PathBuf> {
     let dir = PathBuf::from(format!("{}.blobs", path.display()));
     let Ok(subs) = std::fs::read_dir(dir) else {
@@ -83,16 +92,7 @@ fn a_large_value_is_one_file_shared_by_every_node_that_returns_it() {
     let path = store.path();
     let engine = engine(&path, 64 << 10);
     let size = 1 << 20;
-    let state = finish(
-        &engine
-            .start(
-                graph(),
-                executor(size, Arc::default(), false),
-                BTreeMap::new(),
-                StartOptions::default(),
-            )
-            .unwrap(),
-    );
+    let state = start(&engine, executor(size, Arc::default(), false));
     let out = engine.get_partial_results(&state.run_id).unwrap();
     assert_eq!(out["big"].len(), size);
     assert_eq!(out["big"], out["copy"]);
@@ -115,16 +115,7 @@ fn compressed_values_round_trip_and_take_less_room() {
     let store = TempStore::new();
     let path = store.path();
     let engine = engine(&path, u64::MAX);
-    let state = finish(
-        &engine
-            .start(
-                graph(),
-                executor(4 << 20, Arc::default(), true),
-                BTreeMap::new(),
-                StartOptions::default(),
-            )
-            .unwrap(),
-    );
+    let state = start(&engine, executor(4 << 20, Arc::default(), true));
     let out = engine.get_partial_results(&state.run_id).unwrap();
     assert_eq!(out["big"].len(), 4 << 20);
     assert_eq!(out["big"][1000], (1000 % 251) as u8);
@@ -144,16 +135,7 @@ fn cleanup_removes_files_no_kept_checkpoint_references() {
     let engine = engine(&path, 64 << 10);
     let generation = Arc::new(AtomicU32::new(1));
     let exec = executor(256 << 10, generation.clone(), false);
-    let state = finish(
-        &engine
-            .start(
-                graph(),
-                exec.clone(),
-                BTreeMap::new(),
-                StartOptions::default(),
-            )
-            .unwrap(),
-    );
+    let state = start(&engine, exec.clone());
     generation.store(2, Ordering::SeqCst);
     finish(
         &engine
@@ -183,16 +165,7 @@ fn orphan_files_are_removed_once_older_than_the_grace_period() {
     let store = TempStore::new();
     let path = store.path();
     let engine = engine(&path, 64 << 10);
-    finish(
-        &engine
-            .start(
-                graph(),
-                executor(128 << 10, Arc::default(), false),
-                BTreeMap::new(),
-                StartOptions::default(),
-            )
-            .unwrap(),
-    );
+    start(&engine, executor(128 << 10, Arc::default(), false));
     // What a crash between a blob file's write and its commit leaves: a file nothing names.
     let kept = blob_files(&path)[0].clone();
     let sub = kept.parent().unwrap();
@@ -240,16 +213,7 @@ fn a_compressed_and_a_raw_copy_of_one_value_do_not_overwrite_each_other() {
     });
     let big = noise(size);
     for _ in 0..2 {
-        let state = finish(
-            &engine
-                .start(
-                    graph(),
-                    exec.clone(),
-                    BTreeMap::new(),
-                    StartOptions::default(),
-                )
-                .unwrap(),
-        );
+        let state = start(&engine, exec.clone());
         let out = engine.get_partial_results(&state.run_id).unwrap();
         assert_eq!(out["big"], big);
         assert_eq!(out["copy"], big);
