@@ -111,6 +111,10 @@ struct Scheduler {
     running: JoinSet<Finished>,
 }
 
+/// A value this large (or one to compress) makes a `batched` submit leave the runtime's
+/// worker thread while it is staged.
+const HEAVY_VALUE: usize = 1 << 20;
+
 impl Scheduler {
     fn new(setup: RunSetup) -> Self {
         let graph = setup.graph.clone();
@@ -210,8 +214,19 @@ impl Scheduler {
             Durability::Batched => {
                 // Not awaited: dependants may start before their producer's commit lands
                 // (shared/ARCHITECTURE.md); commits stay in order through the single writer,
-                // and a refused batch stops every later batch of this lease.
-                self.tickets.push_back(self.setup.store.submit(batch));
+                // and a refused batch stops every later batch of this lease. Staging (zstd, a
+                // large value's blob file) happens in `submit`: off the runtime's workers
+                // when there is real work to do.
+                let heavy = batch
+                    .values
+                    .iter()
+                    .any(|v| v.compress || v.bytes.len() >= HEAVY_VALUE);
+                let ticket = if heavy {
+                    tokio::task::block_in_place(|| self.setup.store.submit(batch))
+                } else {
+                    self.setup.store.submit(batch)
+                };
+                self.tickets.push_back(ticket);
                 Ok(())
             }
             Durability::Off => {
