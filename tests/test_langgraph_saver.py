@@ -291,6 +291,24 @@ def test_keep_latest_does_not_prune_a_thread_that_uses_delta_channels(tmp_path, 
     saver.close()
 
 
+def test_keep_latest_checks_delta_channels_in_every_namespace(tmp_path, caplog):
+    # Regression: only the thread's newest checkpoint was checked; a subgraph interrupted
+    # after the root's last step hid the root's DeltaChannel counters.
+    saver = ResumeflowSaver(tmp_path / "lg.db")
+    root = {"configurable": {"thread_id": "d", "checkpoint_ns": ""}}
+    for step in range(3):
+        meta = {"step": step, "counters_since_delta_snapshot": {"msgs": (step, step)}}
+        root = saver.put(root, empty_checkpoint(), meta, {})
+    sub = {"configurable": {"thread_id": "d", "checkpoint_ns": "sub:1"}}
+    saver.put(sub, empty_checkpoint(), {"step": 0}, {})
+    saver.prune(["d"], strategy="keep_latest")
+    assert len(list(saver.list({"configurable": {"thread_id": "d", "checkpoint_ns": ""}}))) == 3
+    assert "DeltaChannel" in caplog.text
+    saver.close()
+    with pytest.raises(rf.StoreError, match="closed"):
+        asyncio.run(saver.aget_tuple(root))
+
+
 def test_checkpoints_written_by_a_killed_process_are_all_there(tmp_path):
     path = tmp_path / "lg.db"
     child = python(

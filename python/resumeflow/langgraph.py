@@ -60,7 +60,7 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
 )
 
-from ._core import CoreThreadStore, InvalidArgument
+from ._core import CoreThreadStore, InvalidArgument, StoreError
 from ._engine import Engine
 
 __all__ = ["ResumeflowSaver"]
@@ -131,6 +131,7 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
             self._store = CoreThreadStore(os.fspath(path_or_engine), durability)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
         """
         with self._pool_lock:
             pool, self._pool = self._pool, None
+            self._closed = True
         if pool is not None:
             pool.shutdown(wait=True)
         self._store.close()
@@ -173,7 +175,11 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
 
     def _dump(self, value: Any) -> _Typed:
         tag, data = self.serde.dumps_typed(value)
-        return tag, data if type(data) is bytes else bytes(data)
+        if type(data) is bytes:
+            return tag, data
+        if isinstance(data, str):  # a serializer that returns text (the protocol says bytes)
+            return tag, data.encode()
+        return tag, bytes(data)
 
     def _tuple(self, row: Any) -> CheckpointTuple:
         thread_id, ns, checkpoint_id, parent_id, body, meta, values, writes, versions = row
@@ -423,14 +429,21 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
         self._store.prune(ids, strategy)
 
     def _uses_delta_channels(self, thread_id: str) -> bool:
-        newest = self._store.list_checkpoints(thread_id=thread_id, limit=1, with_contents=False)
-        if newest and _DELTA_KEY in (self.serde.loads_typed(newest[0][5]) or {}):
-            logger.warning(
-                "resumeflow: not pruning thread %r: it uses DeltaChannel, whose newest "
-                "checkpoint needs its ancestors' writes",
-                thread_id,
-            )
-            return True
+        """True if the newest checkpoint of any namespace of the thread carries LangGraph's
+        ``DeltaChannel`` counters (checked per namespace: a subgraph interrupted after the
+        root's last step has newer checkpoints than the root)."""
+        newest: dict[str, Any] = {}
+        for row in self._store.list_checkpoints(thread_id=thread_id, with_contents=False):
+            newest.setdefault(row[1], row)  # newest first: the first row of each namespace
+        for ns, row in newest.items():
+            if _DELTA_KEY in (self.serde.loads_typed(row[5]) or {}):
+                logger.warning(
+                    "resumeflow: not pruning thread %r: namespace %r uses DeltaChannel, whose "
+                    "newest checkpoint needs its ancestors' writes",
+                    thread_id,
+                    ns,
+                )
+                return True
         return False
 
     def get_next_version(self, current: str | None, channel: None) -> str:
@@ -453,6 +466,8 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
+            if self._closed:
+                raise StoreError(f"ResumeflowSaver on {self.path} is closed")
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     max_workers=min(32, (os.cpu_count() or 1) + 4),

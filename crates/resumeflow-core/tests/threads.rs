@@ -342,3 +342,62 @@ fn a_version_1_store_is_migrated_and_keeps_its_runs() {
     assert_eq!(version, resumeflow_core::store::SCHEMA_VERSION);
     assert_eq!(count(&path, "runs"), 1);
 }
+
+fn write(thread: &str, checkpoint: &str, task: &str, idx: i64, value: &str) -> NewThreadWrites {
+    NewThreadWrites {
+        thread_id: thread.into(),
+        checkpoint_ns: String::new(),
+        checkpoint_id: checkpoint.into(),
+        task_id: task.into(),
+        task_path: String::new(),
+        writes: vec![(idx, "x".into(), val(value))],
+    }
+}
+
+#[test]
+fn a_skipped_duplicate_write_leaves_no_bytes_behind() {
+    // Regression: the bytes of a write kept out as a duplicate were stored anyway, referenced
+    // by nothing and never collected.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = open(&path);
+    chain(&store, "t", 1, "r");
+    store
+        .put_writes(write("t", "0000", "task", 0, "first"))
+        .unwrap();
+    store
+        .put_writes(write("t", "0000", "task", 0, "second"))
+        .unwrap();
+    let writes = store.get_checkpoint("t", "", None).unwrap().unwrap().writes;
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].value, val("first"));
+    store.delete_threads(&["t".into()]).unwrap();
+    store.close();
+    assert_eq!(count(&path, "thread_values"), 0);
+}
+
+#[test]
+fn writes_stored_before_their_checkpoint_survive_a_prune() {
+    // Regression: LangGraph may store a step's writes before the step's checkpoint lands; a
+    // prune in between deleted them as orphans.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("t.db"));
+    chain(&store, "t", 2, "r");
+    store
+        .put_writes(write("t", "0002", "task", 0, "early"))
+        .unwrap();
+    store
+        .prune(&["t".into()], PruneStrategy::KeepLatest)
+        .unwrap();
+    store
+        .put_checkpoint(checkpoint("t", "0002", Some("0001"), "v2", "r"))
+        .unwrap();
+    let writes = store
+        .get_checkpoint("t", "", Some("0002"))
+        .unwrap()
+        .unwrap()
+        .writes;
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].value, val("early"));
+    store.close();
+}

@@ -77,16 +77,48 @@ fn collect_hashes(
     Ok(rows.into_iter().flatten().collect())
 }
 
-/// Deletes the writes of `thread_id` whose checkpoint is gone; returns their value hashes.
-fn drop_orphan_writes(conn: &Connection, path: &Path, thread_id: &str) -> Result<Vec<Hash>> {
-    const ORPHAN: &str = "FROM thread_writes WHERE thread_id = ?1 AND NOT EXISTS (
-        SELECT 1 FROM thread_checkpoints c WHERE c.thread_id = ?1
-           AND c.checkpoint_ns = thread_writes.checkpoint_ns
-           AND c.checkpoint_id = thread_writes.checkpoint_id)";
-    let hashes = collect_hashes(conn, path, &format!("SELECT hash {ORPHAN}"), thread_id)?;
-    conn.prepare_cached(&format!("DELETE {ORPHAN}"))
-        .and_then(|mut st| st.execute([thread_id]))
-        .map_err(sql(path))?;
+/// A checkpoint's key: `(thread_id, checkpoint_ns, checkpoint_id)`.
+type CheckpointKey = (String, String, String);
+
+/// The keys of the checkpoints `query` selects (bound to `arg`).
+fn checkpoint_keys(
+    conn: &Connection,
+    path: &Path,
+    query: &str,
+    arg: &str,
+) -> Result<Vec<CheckpointKey>> {
+    conn.prepare_cached(query)
+        .and_then(|mut st| {
+            st.query_map([arg], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql(path))
+}
+
+/// Deletes the writes of these (deleted) checkpoints; returns their value hashes. Writes of
+/// checkpoints that do not exist yet (LangGraph may store a step's writes before the step's
+/// checkpoint lands) are left alone.
+fn drop_writes_of(conn: &Connection, path: &Path, keys: &[CheckpointKey]) -> Result<Vec<Hash>> {
+    let map = sql(path);
+    let mut select = conn
+        .prepare_cached(
+            "SELECT hash FROM thread_writes WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3",
+        )
+        .map_err(&map)?;
+    let mut delete = conn
+        .prepare_cached(
+            "DELETE FROM thread_writes WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3",
+        )
+        .map_err(&map)?;
+    let mut hashes = Vec::new();
+    for (thread, ns, id) in keys {
+        let found = select
+            .query_map(params![thread, ns, id], |r| r.get::<_, Hash>(0))
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            .map_err(&map)?;
+        hashes.extend(found);
+        delete.execute(params![thread, ns, id]).map_err(&map)?;
+    }
     Ok(hashes)
 }
 
@@ -141,12 +173,12 @@ fn drop_dead_channel_values(conn: &Connection, path: &Path, thread_id: &str) -> 
     Ok(hashes)
 }
 
-/// After checkpoints of `threads` were deleted: drops their orphan writes, dead channel
-/// values and unreferenced bytes.
-fn collect_garbage(conn: &Connection, path: &Path, threads: &HashSet<String>) -> Result<()> {
-    let mut candidates = HashSet::new();
+/// After the checkpoints `deleted` were removed: drops their writes, the channel values of
+/// their threads that nothing references any more, and unreferenced bytes.
+fn collect_garbage(conn: &Connection, path: &Path, deleted: &[CheckpointKey]) -> Result<()> {
+    let mut candidates: HashSet<Hash> = drop_writes_of(conn, path, deleted)?.into_iter().collect();
+    let threads: HashSet<&String> = deleted.iter().map(|(t, _, _)| t).collect();
     for thread_id in threads {
-        candidates.extend(drop_orphan_writes(conn, path, thread_id)?);
         candidates.extend(drop_dead_channel_values(conn, path, thread_id)?);
     }
     drop_unreferenced_values(conn, path, candidates)
@@ -319,7 +351,7 @@ impl ThreadStore for SqliteStore {
         self.writer.call(move |conn, _| {
             let mut replaced = HashSet::new();
             for (idx, channel, value) in &w.writes {
-                let hash = store_value(conn, &path, value)?;
+                let hash = value_hash(value);
                 let key = params![w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, idx];
                 let old: Option<Hash> = conn
                     .prepare_cached(
@@ -336,6 +368,8 @@ impl ThreadStore for SqliteStore {
                     }
                     _ => {}
                 }
+                // Stored only once the write is kept (a skipped write leaves no bytes behind).
+                store_value(conn, &path, value)?;
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO thread_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx,
                          channel, hash, task_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -477,26 +511,20 @@ impl ThreadStore for SqliteStore {
         let path = path_of(self);
         let run_ids = run_ids.to_vec();
         self.writer.call(move |conn, _| {
-            let mut threads = HashSet::new();
-            let mut deleted = 0;
+            let mut deleted = Vec::new();
             for run_id in &run_ids {
-                let mut st = conn
-                    .prepare_cached(
-                        "SELECT DISTINCT thread_id FROM thread_checkpoints WHERE run_id = ?1",
-                    )
-                    .map_err(sql(&path))?;
-                let found = st
-                    .query_map([run_id], |r| r.get::<_, String>(0))
-                    .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-                    .map_err(sql(&path))?;
-                threads.extend(found);
-                deleted += conn
-                    .prepare_cached("DELETE FROM thread_checkpoints WHERE run_id = ?1")
+                deleted.extend(checkpoint_keys(
+                    conn,
+                    &path,
+                    "SELECT thread_id, checkpoint_ns, checkpoint_id FROM thread_checkpoints WHERE run_id = ?1",
+                    run_id,
+                )?);
+                conn.prepare_cached("DELETE FROM thread_checkpoints WHERE run_id = ?1")
                     .and_then(|mut st| st.execute([run_id]))
                     .map_err(sql(&path))?;
             }
-            collect_garbage(conn, &path, &threads)?;
-            Ok(deleted)
+            collect_garbage(conn, &path, &deleted)?;
+            Ok(deleted.len())
         })
     }
 
@@ -528,19 +556,23 @@ impl ThreadStore for SqliteStore {
         let path = path_of(self);
         let thread_ids = thread_ids.to_vec();
         self.writer.call(move |conn, _| {
-            let mut deleted = 0;
+            const OLDER: &str = "FROM thread_checkpoints WHERE thread_id = ?1 AND checkpoint_id <
+                (SELECT max(c.checkpoint_id) FROM thread_checkpoints c
+                  WHERE c.thread_id = ?1 AND c.checkpoint_ns = thread_checkpoints.checkpoint_ns)";
+            let mut deleted = Vec::new();
             for t in &thread_ids {
-                deleted += conn
-                    .prepare_cached(
-                        "DELETE FROM thread_checkpoints WHERE thread_id = ?1 AND checkpoint_id <
-                           (SELECT max(c.checkpoint_id) FROM thread_checkpoints c
-                             WHERE c.thread_id = ?1 AND c.checkpoint_ns = thread_checkpoints.checkpoint_ns)",
-                    )
+                deleted.extend(checkpoint_keys(
+                    conn,
+                    &path,
+                    &format!("SELECT thread_id, checkpoint_ns, checkpoint_id {OLDER}"),
+                    t,
+                )?);
+                conn.prepare_cached(&format!("DELETE {OLDER}"))
                     .and_then(|mut st| st.execute([t]))
                     .map_err(sql(&path))?;
             }
-            collect_garbage(conn, &path, &thread_ids.into_iter().collect())?;
-            Ok(deleted)
+            collect_garbage(conn, &path, &deleted)?;
+            Ok(deleted.len())
         })
     }
 }
