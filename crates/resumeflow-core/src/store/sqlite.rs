@@ -274,6 +274,67 @@ impl SqliteStore {
         })
     }
 
+    /// A value's `blobs` row: its inline bytes (empty for a file), whether it is in a blob
+    /// file, and its codec.
+    fn blob_row(&self, value: &ValueRef) -> Result<(Vec<u8>, bool, ValueCodec)> {
+        let row: Option<(Vec<u8>, i64, i64)> = self.read(|conn| {
+            conn.prepare_cached("SELECT data, location, codec FROM blobs WHERE hash = ?1")
+                .and_then(|mut st| {
+                    st.query_row([&value.hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(sql(&self.path))
+        })?;
+        let bad = |message: String| corrupt(&self.path, "blobs", message);
+        let (data, location, codec) =
+            row.ok_or_else(|| bad(format!("value {} is missing", value.hex())))?;
+        let codec = ValueCodec::from_code(codec)
+            .ok_or_else(|| bad(format!("value {} has unknown codec {codec}", value.hex())))?;
+        Ok((data, location == 1, codec))
+    }
+
+    /// A value's bytes from its row (a blob file is read outside the reader lock: it may be
+    /// large), decompressed and hash-checked.
+    fn decode_stored(
+        &self,
+        value: &ValueRef,
+        data: Vec<u8>,
+        in_file: bool,
+        codec: ValueCodec,
+    ) -> Result<Vec<u8>> {
+        let stored = if in_file {
+            self.files.read(&value.hash, codec)?
+        } else {
+            data
+        };
+        let data = match codec {
+            ValueCodec::Raw => stored,
+            ValueCodec::Zstd => {
+                zstd::bulk::decompress(&stored, value.size as usize).map_err(|e| {
+                    corrupt(
+                        &self.path,
+                        "blobs",
+                        format!("value {} does not decompress: {e}", value.hex()),
+                    )
+                })?
+            }
+        };
+        self.check_hash(value, &data)?;
+        Ok(data)
+    }
+
+    fn check_hash(&self, value: &ValueRef, data: &[u8]) -> Result<()> {
+        if blake3::hash(data).as_bytes()[..] == value.hash[..] && data.len() as u64 == value.size {
+            Ok(())
+        } else {
+            Err(corrupt(
+                &self.path,
+                "blobs",
+                format!("value {} fails its hash check", value.hex()),
+            ))
+        }
+    }
+
     pub(super) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.reader.lock().expect("reader lock");
         match conn.as_ref() {
@@ -507,38 +568,8 @@ impl Store for SqliteStore {
     }
 
     fn load_value(&self, value: &ValueRef) -> Result<Vec<u8>> {
-        let row: Option<(Vec<u8>, i64, i64)> = self.read(|conn| {
-            conn.prepare_cached("SELECT data, location, codec FROM blobs WHERE hash = ?1")
-                .and_then(|mut st| {
-                    st.query_row([&value.hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()
-                })
-                .map_err(sql(&self.path))
-        })?;
-        let bad = |message: String| corrupt(&self.path, "blobs", message);
-        let (data, location, codec) =
-            row.ok_or_else(|| bad(format!("value {} is missing", value.hex())))?;
-        // A blob file is read outside the reader lock (it may be large).
-        let Some(codec) = ValueCodec::from_code(codec) else {
-            return Err(bad(format!(
-                "value {} has unknown codec {codec}",
-                value.hex()
-            )));
-        };
-        let stored = if location == 1 {
-            self.files.read(&value.hash, codec)?
-        } else {
-            data
-        };
-        let data = match codec {
-            ValueCodec::Raw => stored,
-            ValueCodec::Zstd => zstd::bulk::decompress(&stored, value.size as usize)
-                .map_err(|e| bad(format!("value {} does not decompress: {e}", value.hex())))?,
-        };
-        if ValueRef::of(&data) != *value {
-            return Err(bad(format!("value {} fails its hash check", value.hex())));
-        }
-        Ok(data)
+        let (data, in_file, codec) = self.blob_row(value)?;
+        self.decode_stored(value, data, in_file, codec)
     }
 
     fn load_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>> {
@@ -650,26 +681,13 @@ impl Store for SqliteStore {
     }
 
     fn load_value_into(&self, value: &ValueRef, buf: &mut [u8]) -> Result<()> {
-        let row: Option<(i64, i64)> = self.read(|conn| {
-            conn.prepare_cached("SELECT location, codec FROM blobs WHERE hash = ?1")
-                .and_then(|mut st| {
-                    st.query_row([&value.hash], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                })
-                .map_err(sql(&self.path))
-        })?;
-        if row != Some((1, ValueCodec::Raw.code())) {
-            buf.copy_from_slice(&self.load_value(value)?);
-            return Ok(());
+        let (data, in_file, codec) = self.blob_row(value)?;
+        if in_file && codec == ValueCodec::Raw {
+            // Straight from the file into the caller's buffer: no intermediate copy.
+            self.files.read_into(&value.hash, codec, buf)?;
+            return self.check_hash(value, buf);
         }
-        self.files.read_into(&value.hash, ValueCodec::Raw, buf)?;
-        if blake3::hash(buf).as_bytes()[..] != value.hash[..] {
-            return Err(corrupt(
-                &self.path,
-                "blobs",
-                format!("value {} fails its hash check", value.hex()),
-            ));
-        }
+        buf.copy_from_slice(&self.decode_stored(value, data, in_file, codec)?);
         Ok(())
     }
 }
