@@ -14,6 +14,7 @@
 from ._codec import enable_pickle, register_codec
 from ._context import NodeContext
 from ._core import (
+    Cancelled,
     CheckpointNotFound,
     GraphError,
     InvalidArgument,
@@ -36,6 +37,7 @@ from ._streaming import Subscription
 from ._workflow import Workflow
 
 __all__ = [
+    "Cancelled",
     "Checkpoint",
     "CheckpointNotFound",
     "Engine",

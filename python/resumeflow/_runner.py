@@ -4,6 +4,7 @@ encodes outputs and classifies failures. Called from engine worker threads."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import threading
 from typing import Any
@@ -30,6 +31,42 @@ def _event_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=loop.run_forever, name="resumeflow-asyncio", daemon=True).start()
             _loop = loop
         return _loop
+
+
+#: How often a worker thread waiting for an ``async def`` node checks whether the attempt
+#: timed out or its run was cancelled (seconds).
+_CANCEL_POLL_S = 0.05
+
+
+def _run_async(coro: Any, core_ctx: Any) -> Any:
+    """Runs ``coro`` on the shared loop and returns its result; once the attempt timed out
+    or its run was cancelled (``core_ctx.is_cancelled()``), cancels it — the coroutine gets
+    ``asyncio.CancelledError`` at its current ``await`` — and returns only after it ended,
+    so a timed-out async attempt never runs beside its retry."""
+    ended = threading.Event()
+
+    async def tracked() -> Any:
+        try:
+            return await coro
+        finally:
+            ended.set()
+
+    future = asyncio.run_coroutine_threadsafe(tracked(), _event_loop())
+    while not ended.wait(_CANCEL_POLL_S):
+        if core_ctx.is_cancelled():
+            future.cancel()
+            ended.wait()
+            break
+    # An ending coroutine sets `ended` just before the future gets its result.
+    try:
+        return future.result()
+    except concurrent.futures.CancelledError:
+        from ._core import Cancelled
+
+        raise Cancelled(
+            f"run {core_ctx.run_id!r}: attempt {core_ctx.attempt} of node {core_ctx.node_id!r} "
+            "was cancelled (it timed out or its run was cancelled)"
+        ) from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -74,11 +111,11 @@ class Runner:
                 items, cursor = _streaming.restore(core_ctx) if node.context_params else ([], None)
                 for name in node.context_params:
                     kwargs[name] = _streaming.StreamContext(core_ctx, items, cursor)
-                result = self._stream(node, kwargs, items, str(core_ctx.run_id))
+                result = self._stream(node, kwargs, items, core_ctx)
             else:
                 for name in node.context_params:
                     kwargs[name] = NodeContext(core_ctx)
-                result = self._call(node, kwargs)
+                result = self._call(node, kwargs, core_ctx)
             # A stream's items are stored as one compressed bundle.
             if streaming:
                 return (True, _codec.encode(result, node=node_id), result, True)
@@ -93,17 +130,18 @@ class Runner:
             return self._failure(node, kwargs, exc)
 
     @staticmethod
-    def _call(node: Any, kwargs: dict[str, Any]) -> Any:
+    def _call(node: Any, kwargs: dict[str, Any], core_ctx: Any) -> Any:
         if node.is_async:
-            return asyncio.run_coroutine_threadsafe(node.fn(**kwargs), _event_loop()).result()
+            return _run_async(node.fn(**kwargs), core_ctx)
         return node.fn(**kwargs)
 
     @staticmethod
-    def _stream(node: Any, kwargs: dict[str, Any], items: list[Any], run_id: str) -> list[Any]:
+    def _stream(node: Any, kwargs: dict[str, Any], items: list[Any], core_ctx: Any) -> list[Any]:
         """Runs a generator node: items (after any restored ones) are published live."""
+        run_id = str(core_ctx.run_id)
         if node.is_async_generator:
             coro = _streaming.collect_async(node.fn(**kwargs), items, run_id, node.id)
-            return asyncio.run_coroutine_threadsafe(coro, _event_loop()).result()
+            return _run_async(coro, core_ctx)
         return _streaming.collect(node.fn(**kwargs), items, run_id, node.id)
 
     @staticmethod

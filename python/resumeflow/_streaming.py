@@ -6,7 +6,8 @@ when the node completes — not one write per chunk. While it runs, every item i
 to the run's subscribers in this process (:meth:`resumeflow.Run.chunks`,
 :meth:`resumeflow.Engine.subscribe`). A streaming node that calls
 ``ctx.save_partial_state(cursor)`` checkpoints the items yielded so far together with its
-cursor; a later attempt (after a crash or a retry) gets ``ctx.load_partial_state() == cursor``
+cursor — each save appends only the items yielded since the previous save (one segment per
+save, in the same commit as the cursor), so checkpointing costs what it adds; a later attempt (after a crash or a retry) gets ``ctx.load_partial_state() == cursor``
 and the items before it are restored, so it continues from the cursor instead of starting
 over, and the final output is the whole stream.
 """
@@ -94,18 +95,28 @@ def _unsubscribe(run_id: str, q: queue.SimpleQueue[tuple[str, Any]]) -> None:
 
 class StreamContext(NodeContext):
     """The context of a streaming node: ``save_partial_state(cursor)`` also checkpoints the
-    items yielded so far; ``load_partial_state()`` returns the cursor."""
+    items yielded since the last save; ``load_partial_state()`` returns the cursor."""
 
-    __slots__ = ("_items", "_cursor")
+    __slots__ = ("_items", "_cursor", "_saved")
 
     def __init__(self, core: Any, items: list[Any], cursor: Any) -> None:
         super().__init__(core)
         self._items = items
         self._cursor = cursor
+        #: How many of ``items`` are durable already (restored or saved).
+        self._saved = len(items)
 
     def save_partial_state(self, obj: Any) -> None:
-        state = {_STREAM_KEY: 1, "cursor": obj, "items": self._items}
-        self._core.save_partial_state(_codec.encode(state, node=self.node_id, what="partial_state"))
+        count = len(self._items)
+        first = self._saved
+        state = {_STREAM_KEY: 2, "cursor": obj, "count": count}
+        what = "partial_state"
+        self._core.save_stream_state(
+            _codec.encode(state, node=self.node_id, what=what),
+            first,
+            _codec.encode(self._items[first:count], node=self.node_id, what=what),
+        )
+        self._saved = count
         self._cursor = obj
 
     def load_partial_state(self) -> Any:
@@ -118,9 +129,27 @@ def restore(core_ctx: Any) -> tuple[list[Any], Any]:
     if raw is None:
         return [], None
     saved = _codec.decode(raw)
-    if isinstance(saved, dict) and saved.get(_STREAM_KEY) == 1:
+    if isinstance(saved, dict) and saved.get(_STREAM_KEY) == 2:
+        items = _restore_segments(core_ctx.load_partial_segments(), saved["count"])
+        if items is None:  # segments gone (the node completed once): start over
+            return [], None
+        return items, saved["cursor"]
+    if isinstance(saved, dict) and saved.get(_STREAM_KEY) == 1:  # stores written before v5
         return list(saved["items"]), saved["cursor"]
     return [], saved  # progress saved some other way (engine.save_partial_state)
+
+
+def _restore_segments(segments: list[tuple[int, bytes]], count: int) -> list[Any] | None:
+    """The first ``count`` items of contiguous segments ``[(first, encoded items), ...]``,
+    or None if the segments do not reach ``count``."""
+    items: list[Any] = []
+    for first, raw in segments:
+        if first != len(items):
+            break
+        items.extend(_codec.decode(raw))
+        if len(items) >= count:
+            return items[:count]
+    return items if len(items) == count else None
 
 
 def collect(iterator: Iterator[Any], items: list[Any], run_id: str, node_id: str) -> list[Any]:

@@ -72,6 +72,13 @@ pub enum StoreError {
     },
     #[error("store {path} is closed")]
     Closed { path: PathBuf },
+    #[error("store {path} is full{}: {used_bytes} bytes in use; the write was refused and nothing committed before it was lost (raise max_store_bytes, free disk space or run `cleanup`, then resume the run)", max_bytes.map(|b| format!(" (it reached its size cap max_store_bytes={b})")).unwrap_or_else(|| " (the disk or the file system refused to grow it)".to_string()))]
+    Full {
+        path: PathBuf,
+        /// The cap set with `max_store_bytes`, if one was set.
+        max_bytes: Option<u64>,
+        used_bytes: u64,
+    },
 }
 
 /// The crate-wide error.

@@ -108,6 +108,41 @@ impl NodeFailure {
     }
 }
 
+/// The longest error text stored for a failed attempt; longer texts keep their head and
+/// tail (where the exception type and the last frames are).
+pub const MAX_ERROR_TEXT: usize = 16 * 1024;
+
+/// `text` if it is at most [`MAX_ERROR_TEXT`] bytes, else its head and tail around a marker
+/// saying how much was left out.
+///
+/// ```
+/// use resumeflow_core::executor::{cap_error_text, MAX_ERROR_TEXT};
+/// let capped = cap_error_text(format!("ValueError: {}", "x".repeat(1 << 20)));
+/// assert!(capped.len() <= MAX_ERROR_TEXT + 64 && capped.starts_with("ValueError: x"));
+/// assert_eq!(cap_error_text("short".into()), "short");
+/// ```
+pub fn cap_error_text(text: String) -> String {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text;
+    }
+    let keep_head = MAX_ERROR_TEXT * 3 / 4;
+    let keep_tail = MAX_ERROR_TEXT / 4;
+    let mut head_end = keep_head;
+    while !text.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let mut tail_start = text.len() - keep_tail;
+    while !text.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    let omitted = tail_start - head_end;
+    format!(
+        "{} … [{omitted} bytes of the error text omitted] … {}",
+        &text[..head_end],
+        &text[tail_start..]
+    )
+}
+
 /// What a node's code can reach while it runs: its identity and its partial state.
 #[derive(Clone)]
 pub struct NodeContext {
@@ -133,9 +168,42 @@ pub(crate) fn monotonic_ms() -> u64 {
 
 impl NodeContext {
     /// Saves this node's progress durably (fenced by the run's lease). Blocking: call it from
-    /// the node's own thread, not from an async task.
+    /// the node's own thread, not from an async task. Refused with `StaleAttempt` (and
+    /// nothing written) once this attempt timed out or its run was cancelled: only that
+    /// attempt sees the error; the run and its next attempt are unaffected.
     pub fn save_partial_state(&self, state: Vec<u8>) -> Result<()> {
+        self.check_current()?;
         self.store.commit(self.partial_batch(state))
+    }
+
+    /// Saves a streaming node's progress: `state` (its cursor) replaces the saved state and
+    /// `segment` (the encoded items from index `first` on) is appended to the items saved
+    /// earlier, in one commit, so a save costs what it adds.
+    pub fn save_stream_state(&self, state: Vec<u8>, first: u64, segment: Vec<u8>) -> Result<()> {
+        self.check_current()?;
+        let mut batch = self.partial_batch(state);
+        batch
+            .partial_segments
+            .push((self.node_id.clone(), first, segment));
+        self.store.commit(batch)
+    }
+
+    /// The segments [`Self::save_stream_state`] saved, `(first, segment)` in order.
+    pub fn load_partial_segments(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.store
+            .load_partial_segments(&self.run_id, &self.node_id)
+    }
+
+    /// `StaleAttempt` once this attempt timed out or was cancelled.
+    fn check_current(&self) -> Result<()> {
+        if self.is_cancelled() {
+            return Err(crate::Error::StaleAttempt {
+                run_id: self.run_id.clone(),
+                node: self.node_id.clone(),
+                attempt: self.attempt,
+            });
+        }
+        Ok(())
     }
 
     /// Writes a large output (given as segments, never joined) durably to the store's blob
@@ -147,6 +215,7 @@ impl NodeContext {
 
     /// Async form of [`Self::save_partial_state`].
     pub async fn save_partial_state_async(&self, state: Vec<u8>) -> Result<()> {
+        self.check_current()?;
         self.store
             .submit(self.partial_batch(state))
             .await
@@ -169,8 +238,10 @@ impl NodeContext {
         self.store.load_partial_state(&self.run_id, &self.node_id)
     }
 
-    /// Extends the run's lease now; fails with `LeaseLost` if another worker took the run.
+    /// Extends the run's lease now; fails with `LeaseLost` if another worker took the run,
+    /// and with `StaleAttempt` once this attempt timed out or its run was cancelled.
     pub fn heartbeat(&self) -> Result<()> {
+        self.check_current()?;
         self.last_beat.store(monotonic_ms(), Ordering::Relaxed);
         let lost = self
             .store

@@ -88,7 +88,17 @@ pub fn has_stale_heartbeat(heartbeats: &Heartbeats) -> bool {
         })
 }
 
-type Finished = (usize, u32, Result<NodeOutput, NodeFailure>, SlotGuard);
+/// An attempt that timed out but whose code is still running (a sync node's thread cannot be
+/// stopped): it is polled to its end so that the node's next attempt never overlaps it.
+type Straggler = CatchUnwind<crate::executor::NodeFuture>;
+
+type Finished = (
+    usize,
+    u32,
+    Result<NodeOutput, NodeFailure>,
+    SlotGuard,
+    Option<Straggler>,
+);
 
 struct Scheduler {
     setup: RunSetup,
@@ -109,6 +119,9 @@ struct Scheduler {
     deferred: RunBatch,
     tickets: VecDeque<CommitTicket>,
     running: JoinSet<Finished>,
+    /// Timed-out attempts still running, by node; each holds its slots until it returns.
+    straggling: JoinSet<usize>,
+    stragglers_of: Vec<u32>,
 }
 
 /// A value this large (or one to compress) makes a `batched` submit leave the runtime's
@@ -184,6 +197,8 @@ impl Scheduler {
             deferred: RunBatch::new(&run_id, token),
             tickets: VecDeque::new(),
             running: JoinSet::new(),
+            straggling: JoinSet::new(),
+            stragglers_of: vec![0; n],
         }
     }
 
@@ -377,11 +392,12 @@ impl Scheduler {
         self.running.spawn(async move {
             // A panic while polling the attempt fails this node (not the scheduler); aborting
             // the task (cancel, lease loss) drops the attempt's future.
-            let attempt_future = CatchUnwind(future);
+            let mut attempt_future = CatchUnwind(future);
             let joined = match timeout {
-                None => Some(attempt_future.await),
-                Some(limit) => tokio::time::timeout(limit, attempt_future).await.ok(),
+                None => Some((&mut attempt_future).await),
+                Some(limit) => tokio::time::timeout(limit, &mut attempt_future).await.ok(),
             };
+            let timed_out = joined.is_none();
             let result = match joined {
                 Some(Ok(r)) => r,
                 Some(Err(panic)) => Err(NodeFailure::fatal(format!("panic in node {node_id:?}: {panic}"))),
@@ -393,7 +409,9 @@ impl Scheduler {
                     )))
                 }
             };
-            (i, attempt, result, guard)
+            // The timed-out attempt was told (`cancelled`); its future still runs.
+            let straggler = timed_out.then_some(attempt_future);
+            (i, attempt, result, guard, straggler)
         });
         Ok(())
     }
@@ -405,8 +423,19 @@ impl Scheduler {
         }
     }
 
-    fn on_finished(&mut self, (i, attempt, result, guard): Finished) {
-        drop(guard);
+    fn on_finished(&mut self, (i, attempt, result, guard, straggler): Finished) {
+        match straggler {
+            // Its slots stay taken, and the node's retry waits, until the attempt returns.
+            Some(straggler) => {
+                self.stragglers_of[i] += 1;
+                self.straggling.spawn(async move {
+                    let _ = straggler.await;
+                    drop(guard);
+                    i
+                });
+            }
+            None => drop(guard),
+        }
         self.cancel_flags.remove(&i);
         self.setup
             .heartbeats
@@ -418,6 +447,10 @@ impl Scheduler {
             Ok(output) => {
                 let bytes = output.bytes;
                 let in_file = output.file.is_some();
+                if output.compress {
+                    // A streaming node's bundle holds every item its saved segments held.
+                    self.batch.dropped_segments.push(node.clone());
+                }
                 let stored = match output.file {
                     Some(value) => BatchValue::in_file(value),
                     None => BatchValue::new(bytes.clone(), output.compress),
@@ -446,7 +479,8 @@ impl Scheduler {
                     self.make_ready(d);
                 }
             }
-            Err(failure) => {
+            Err(mut failure) => {
+                failure.error = crate::executor::cap_error_text(failure.error);
                 let policy = &self.setup.graph.nodes()[i].retry;
                 let will_retry =
                     failure.retryable && policy.allows_another(self.session_attempts[i]);
@@ -483,12 +517,13 @@ impl Scheduler {
         }
     }
 
+    /// Retries whose time came and whose earlier attempt has returned.
     fn due_retries(&mut self) {
         let now = Instant::now();
         let due: Vec<usize> = self
             .retry_at
             .iter()
-            .filter(|(_, &t)| t <= now)
+            .filter(|(&i, &t)| t <= now && self.stragglers_of[i] == 0)
             .map(|(&i, _)| i)
             .collect();
         for i in due {
@@ -527,6 +562,7 @@ impl Scheduler {
         }
         self.running.abort_all();
         while self.running.join_next().await.is_some() {}
+        self.straggling.abort_all();
         let abandoned: Vec<usize> = (0..self.phase.len())
             .filter(|&i| self.phase[i] == Phase::Running)
             .collect();
@@ -573,7 +609,8 @@ impl Scheduler {
             } else {
                 self.claim_ready()
             };
-            if self.running.is_empty() && claimed.is_empty() {
+            // A run ends (or pauses) only once no attempt of it runs, timed-out ones included.
+            if self.running.is_empty() && claimed.is_empty() && self.straggling.is_empty() {
                 let idle = self.ready.is_empty() && self.retry_at.is_empty();
                 if interrupted {
                     return self.stop(EventKind::RunPaused).await;
@@ -587,7 +624,12 @@ impl Scheduler {
             for (i, guard) in claimed {
                 self.spawn(i, guard)?;
             }
-            let next_retry = self.retry_at.values().min().copied();
+            let next_retry = self
+                .retry_at
+                .iter()
+                .filter(|(&i, _)| self.stragglers_of[i] == 0)
+                .map(|(_, &t)| t)
+                .min();
             let waiting_for_slot = !self.ready.is_empty() && !interrupted;
             tokio::select! {
                 Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
@@ -596,11 +638,39 @@ impl Scheduler {
                         self.absorb(more);
                     }
                 }
+                Some(returned) = self.straggling.join_next(), if !self.straggling.is_empty() => {
+                    if let Ok(i) = returned {
+                        self.stragglers_of[i] -= 1;
+                    }
+                }
                 () = sleep_until(next_retry), if next_retry.is_some() => {}
                 () = &mut released, if waiting_for_slot => {}
                 _ = self.setup.control.changed() => {}
             }
         }
+    }
+
+    /// After a refused write (a full store, a failing disk): ends the run `failed` with the
+    /// store's error and releases its lease, so that it is not left `running` and locked.
+    /// What was committed before stays; the nodes whose results were refused run again on
+    /// resume. Best effort: if even this write is refused, the lease expires as after a crash.
+    async fn end_after_refusal(&mut self, error: &Error) {
+        for ticket in std::mem::take(&mut self.tickets) {
+            let _ = ticket.await;
+        }
+        for flag in self.cancel_flags.values() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        let lease = &self.setup.lease;
+        let mut batch = RunBatch::new(&lease.run_id, Some(lease.token));
+        batch.events.push(EventKind::RunFailed {
+            error: format!("a write of this run was refused: {error}"),
+        });
+        batch
+            .events
+            .push(EventKind::LeaseReleased { token: lease.token });
+        let store = self.setup.store.clone();
+        let _ = tokio::task::block_in_place(|| store.commit_after_refusal(batch));
     }
 
     fn absorb(&mut self, joined: std::result::Result<Finished, tokio::task::JoinError>) {
@@ -626,8 +696,12 @@ async fn sleep_until(at: Option<Instant>) {
 pub async fn run(setup: RunSetup) -> SchedulerEnd {
     let mut scheduler = Scheduler::new(setup);
     let error = scheduler.drive().await.err();
-    if error.is_some() {
+    if let Some(e) = &error {
         scheduler.running.abort_all();
+        scheduler.straggling.abort_all();
+        if matches!(e, Error::Store(_)) {
+            scheduler.end_after_refusal(e).await;
+        }
     }
     let live_values = scheduler
         .values

@@ -57,6 +57,12 @@ create_exception!(
 );
 create_exception!(
     resumeflow,
+    Cancelled,
+    ResumeflowError,
+    "This attempt timed out or its run was cancelled: its writes are refused (raised by `ctx.heartbeat()` and `ctx.save_partial_state()`)."
+);
+create_exception!(
+    resumeflow,
     WorkflowMismatch,
     ResumeflowError,
     "The workflow's structure differs from the stored run's."
@@ -114,7 +120,8 @@ pub fn to_py(error: Error) -> PyErr {
         Error::RunExists { .. } => RunExists::new_err(message),
         Error::CheckpointNotFound { .. } => CheckpointNotFound::new_err(message),
         Error::RunLocked { .. } => RunLocked::new_err(message),
-        Error::LeaseLost { .. } | Error::StaleAttempt { .. } => LeaseLost::new_err(message),
+        Error::LeaseLost { .. } => LeaseLost::new_err(message),
+        Error::StaleAttempt { .. } => Cancelled::new_err(message),
         Error::WorkflowMismatch { .. } => WorkflowMismatch::new_err(message),
         Error::RunNotResumable { .. } => RunNotResumable::new_err(message),
         Error::InvalidArgument { .. } => Python::attach(|py| match invalid_argument_type(py) {
@@ -136,6 +143,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CheckpointNotFound", py.get_type::<CheckpointNotFound>())?;
     m.add("RunLocked", py.get_type::<RunLocked>())?;
     m.add("LeaseLost", py.get_type::<LeaseLost>())?;
+    m.add("Cancelled", py.get_type::<Cancelled>())?;
     m.add("WorkflowMismatch", py.get_type::<WorkflowMismatch>())?;
     m.add("RunNotResumable", py.get_type::<RunNotResumable>())?;
     m.add("SerializationError", py.get_type::<SerializationError>())?;

@@ -265,6 +265,32 @@ impl PyNodeContext {
         detached(py, || self.inner.save_partial_state(bytes))
     }
 
+    /// Saves a streaming node's cursor with the encoded items from index `first` on,
+    /// appended to those saved before (one commit; a save costs what it adds).
+    fn save_stream_state(
+        &self,
+        py: Python<'_>,
+        state: &Bound<'_, PyBytes>,
+        first: u64,
+        segment: &Bound<'_, PyBytes>,
+    ) -> PyResult<()> {
+        let state = state.as_bytes().to_vec();
+        let segment = segment.as_bytes().to_vec();
+        detached(py, || self.inner.save_stream_state(state, first, segment))
+    }
+
+    /// The segments saved with `save_stream_state`: `[(first, bytes), ...]` in order.
+    fn load_partial_segments<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(u64, Bound<'py, PyBytes>)>> {
+        let loaded = detached(py, || self.inner.load_partial_segments())?;
+        Ok(loaded
+            .into_iter()
+            .map(|(first, b)| (first, PyBytes::new(py, &b)))
+            .collect())
+    }
+
     /// The encoded progress saved earlier, or None.
     fn load_partial_state<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let loaded = detached(py, || self.inner.load_partial_state())?;

@@ -24,6 +24,15 @@ pub const OP_RESET: i64 = 2;
 /// Maps rusqlite errors to a `StoreError` naming the file.
 pub fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            // The store fills in the cap and the size it knows of.
+            return StoreError::Full {
+                path: path.to_path_buf(),
+                max_bytes: None,
+                used_bytes: 0,
+            }
+            .into();
+        }
         StoreError::Sqlite {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -251,6 +260,7 @@ impl EventAppender<'_> {
                         )
                         .and_then(|mut st| st.execute([&run_id, node]))
                         .map_err(sql(self.path))?;
+                    delete_segments(self.conn, self.path, &run_id, node)?;
                 }
             }
             EventKind::LeaseReleased { .. } => {
@@ -373,8 +383,25 @@ fn append_all(
             .map_err(&map)?;
         }
     }
-    if !batch.partial_states.is_empty() {
+    if !batch.partial_states.is_empty() || !batch.partial_segments.is_empty() {
         refuse_stale_attempts(conn, path, &batch.run_id, &batch.events)?;
+    }
+    for (node, first, data) in &batch.partial_segments {
+        conn.prepare_cached(
+            "DELETE FROM partial_segments WHERE run_id = ?1 AND node_id = ?2 AND first >= ?3",
+        )
+        .and_then(|mut st| st.execute(params![batch.run_id, node, *first as i64]))
+        .map_err(&map)?;
+        conn.prepare_cached(
+            "INSERT INTO partial_segments (run_id, node_id, first, data) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut st| st.execute(params![batch.run_id, node, *first as i64, data]))
+        .map_err(&map)?;
+    }
+    for node in &batch.dropped_segments {
+        delete_segments(conn, path, &batch.run_id, node)?;
+    }
+    if !batch.partial_states.is_empty() {
         let mut st = conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO partial_states (run_id, node_id, data, updated_at) VALUES (?1, ?2, ?3, ?4)",
@@ -397,6 +424,14 @@ fn append_all(
     }
     appender.checkpoint()?;
     appender.finish()
+}
+
+/// Removes a node's streaming segments.
+fn delete_segments(conn: &Connection, path: &Path, run_id: &str, node: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM partial_segments WHERE run_id = ?1 AND node_id = ?2")
+        .and_then(|mut st| st.execute([run_id, node]))
+        .map_err(sql(path))?;
+    Ok(())
 }
 
 /// Refuses partial-state saves from an attempt that is no longer the node's running one (a

@@ -62,9 +62,23 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Creates `dir` if needed and fsyncs it and its parent (so the new entry is durable).
+/// Creates `dir` (and missing parents) readable by the owner only, like the database's
+/// 0600 files, whatever the umask.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    // The mode given at creation is filtered by the umask; set it exactly.
+    #[cfg(unix)]
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(())
+}
+
 fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     if !dir.is_dir() {
-        fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
     }
     fsync_dir(dir)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -148,7 +162,7 @@ impl BlobFiles {
     fn place(&self, tmp: &Path, target: &Path, len: u64) -> std::io::Result<()> {
         let sub = target.parent().expect("blob paths have a parent");
         if !sub.is_dir() {
-            fs::create_dir_all(sub)?;
+            create_private_dir(sub)?;
             fsync_dir(&self.dir)?;
         }
         if fs::metadata(target).is_ok_and(|m| m.len() == len) && touch(target).is_ok() {

@@ -81,6 +81,13 @@ pub struct RunBatch {
     pub events: Vec<EventKind>,
     pub values: Vec<BatchValue>,
     pub partial_states: Vec<(String, Vec<u8>)>,
+    /// Items a streaming node appends to its saved progress: `(node, first, segment)`, the
+    /// encoded items from index `first` on; segments at or after `first` saved earlier (by
+    /// an attempt that went further before it failed) are replaced. Each save costs what it
+    /// adds, not everything saved so far.
+    pub partial_segments: Vec<(String, u64, Vec<u8>)>,
+    /// Nodes whose segments are dropped (a streaming node completed: its output holds them).
+    pub dropped_segments: Vec<String>,
 }
 
 impl RunBatch {
@@ -95,7 +102,11 @@ impl RunBatch {
 
     /// True if there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.values.is_empty() && self.partial_states.is_empty()
+        self.events.is_empty()
+            && self.values.is_empty()
+            && self.partial_states.is_empty()
+            && self.partial_segments.is_empty()
+            && self.dropped_segments.is_empty()
     }
 
     /// Appends another batch of the same run.
@@ -103,6 +114,8 @@ impl RunBatch {
         self.events.extend(other.events);
         self.values.extend(other.values);
         self.partial_states.extend(other.partial_states);
+        self.partial_segments.extend(other.partial_segments);
+        self.dropped_segments.extend(other.dropped_segments);
     }
 }
 
@@ -244,6 +257,13 @@ pub trait Store: Send + Sync + 'static {
             .blocking_recv()
             .unwrap_or(Err(crate::Error::Shutdown))
     }
+    /// Commits the batch that ends a run after one of its writes was refused (a full store,
+    /// a failing disk): later batches of a lease whose batch was refused are refused too,
+    /// except this one, which may also use space the store keeps in reserve for it. Fenced
+    /// by the batch's token like any other.
+    fn commit_after_refusal(&self, batch: RunBatch) -> Result<()> {
+        self.commit(batch)
+    }
     fn load_run(&self, run_id: &str) -> Result<StoredRun>;
     /// [`Store::load_run`] without decoding the stored graph (`graph` is `None` and
     /// `state.node_order` empty): what a resume needs, as it has the caller's graph.
@@ -253,6 +273,11 @@ pub trait Store: Send + Sync + 'static {
     fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<StoredRun>>;
     fn load_value(&self, value: &ValueRef) -> Result<Vec<u8>>;
     fn load_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>>;
+    /// A streaming node's saved segments, `(first, segment)` in order of `first`.
+    fn load_partial_segments(&self, run_id: &str, node_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        let _ = (run_id, node_id);
+        Ok(Vec::new())
+    }
     fn events(&self, run_id: &str) -> Result<Vec<Event>>;
     /// Checkpoints of a run, newest first.
     fn history(&self, run_id: &str) -> Result<Vec<Checkpoint>>;

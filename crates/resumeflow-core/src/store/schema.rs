@@ -15,6 +15,8 @@
 //!   stored once; `location` 1 means the bytes are in `<db>.blobs/xx/<hash>` (large values),
 //!   `codec` 1 means zstd-compressed (chunk bundles of streaming nodes).
 //! - `partial_states`: a node's own saved progress.
+//! - `partial_segments` (version 5): items a streaming node saved with its cursor, one row
+//!   per save, keyed by the index of the segment's first item.
 //! - `compaction_refs`: values referenced by a run's `Compacted` event (kept by blob GC).
 //! - `thread_checkpoints`, `thread_channel_values`, `thread_writes`, `thread_values`
 //!   (version 2): checkpoints of external graph frameworks (the LangGraph saver), see
@@ -28,14 +30,16 @@ use rusqlite::Connection;
 /// 'RFLW'
 pub const APPLICATION_ID: i64 = 0x5246_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations by target version; index 0 creates version 1, index 1 adds the thread
 /// checkpoint tables of version 2 (see [`crate::threads`]), index 2 (version 3) moves a run's
 /// graph, inputs and labels out of `runs` into `run_specs`: they never change, and as columns of
 /// `runs` every commit that updated the run's head rewrote them (a 5,000-node graph is ~200 KB);
 /// index 3 (version 4) gives `blobs` a `location` (0 in the row, 1 in a blob file beside the
-/// database, see `store::blob_files`) and a `codec` (0 raw, 1 zstd).
+/// database, see `store::blob_files`) and a `codec` (0 raw, 1 zstd); index 4 (version 5)
+/// adds `partial_segments`: the items a streaming node saved with its cursor, appended one
+/// segment per save (keyed by the index of the segment's first item) instead of rewritten.
 const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE runs (
@@ -175,6 +179,15 @@ ALTER TABLE runs DROP COLUMN labels;
     r"
 ALTER TABLE blobs ADD COLUMN location INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE blobs ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
+",
+    r"
+CREATE TABLE partial_segments (
+    run_id  TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    first   INTEGER NOT NULL,
+    data    BLOB NOT NULL,
+    PRIMARY KEY (run_id, node_id, first)
+) WITHOUT ROWID;
 ",
 ];
 

@@ -39,7 +39,16 @@ pub struct SqliteStore {
     files: Arc<BlobFiles>,
     /// Blob files no row references are removed by `cleanup` once this old (seconds).
     orphan_grace_s: AtomicU64,
+    /// The size cap (`max_store_bytes`), 0 for none.
+    max_bytes: Arc<AtomicU64>,
 }
+
+/// Pages kept free below the size cap for the batch that ends a run after a refused write
+/// (its `RunFailed` and `LeaseReleased` events), so a full store never leaves a run locked.
+const RESERVED_PAGES: i64 = 32;
+
+/// The smallest `max_store_bytes` that can hold a store (schema, a few runs, the reserve).
+pub const MIN_STORE_BYTES: u64 = 1 << 20;
 
 /// Fault injection for crash tests: with `RESUMEFLOW_FAILPOINT=<name>` in the environment,
 /// the process aborts at that point (`after_blob_write`: a blob file is durable, the commit
@@ -61,6 +70,41 @@ fn unusable(path: &Path, message: impl ToString) -> Error {
         message: message.to_string(),
     }
     .into()
+}
+
+/// Sets `PRAGMA max_page_count` to `max_bytes` less `reserve` pages.
+fn set_page_cap(conn: &Connection, path: &Path, max_bytes: u64, reserve: i64) -> Result<()> {
+    let page: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(sql(path))?;
+    let pages = (max_bytes as i64 / page.max(1) - reserve).max(1);
+    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(sql(path))?;
+    Ok(())
+}
+
+/// Fills in the cap and the size a `Full` error reports.
+fn with_size(conn: &Connection, error: Error, max_bytes: u64) -> Error {
+    match error {
+        Error::Store(StoreError::Full { path, .. }) => {
+            let used_bytes = conn
+                .query_row(
+                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap_or(0) as u64;
+            StoreError::Full {
+                path,
+                max_bytes: (max_bytes > 0).then_some(max_bytes),
+                used_bytes,
+            }
+            .into()
+        }
+        other => other,
+    }
 }
 
 fn connect(path: &Path) -> Result<Connection> {
@@ -172,25 +216,28 @@ impl SqliteStore {
             poisoned: Arc::default(),
             files: Arc::new(BlobFiles::new(&path)),
             orphan_grace_s: AtomicU64::new(DEFAULT_ORPHAN_GRACE_S),
+            max_bytes: Arc::default(),
             path,
         })
     }
 
-    /// Caps the store's size (`PRAGMA max_page_count`): writes past it fail with a
-    /// `StoreError` ("database or disk is full") and change nothing.
+    /// Caps the store's size (`PRAGMA max_page_count`): a write past it fails with
+    /// `StoreError::Full` naming the cap and changes nothing; a few pages stay reserved so
+    /// that the run whose write was refused can still be ended and its lease released.
+    /// Caps below [`MIN_STORE_BYTES`] are refused.
     pub fn set_max_bytes(&self, bytes: u64) -> Result<()> {
+        if bytes < MIN_STORE_BYTES {
+            return Err(Error::InvalidArgument {
+                field: "max_store_bytes".into(),
+                message: format!(
+                    "{bytes} is too small to hold a store: use at least {MIN_STORE_BYTES} bytes (1 MiB), or None for no cap"
+                ),
+            });
+        }
+        self.max_bytes.store(bytes, Ordering::Relaxed);
         let path = self.path.clone();
-        self.writer.call(move |conn, _| {
-            let page: i64 = conn
-                .query_row("PRAGMA page_size", [], |r| r.get(0))
-                .map_err(sql(&path))?;
-            let pages = (bytes as i64 / page.max(1)).max(1);
-            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(sql(&path))?;
-            Ok(())
-        })
+        self.writer
+            .call(move |conn, _| set_page_cap(conn, &path, bytes, RESERVED_PAGES))
     }
 
     /// Values whose stored form is at least `bytes` long are kept as files beside the
@@ -203,6 +250,37 @@ impl SqliteStore {
     pub fn set_orphan_grace(&self, grace: Duration) {
         self.orphan_grace_s
             .store(grace.as_secs(), Ordering::Relaxed);
+    }
+
+    /// One line per value whose blob file is missing (a value stored in a file that is gone
+    /// reads as undecodable; `resume(rerun=[...])` of its node writes it again).
+    fn missing_blob_files(&self, conn: &Connection) -> Result<Vec<String>> {
+        let map = sql(&self.path);
+        let mut st = conn
+            .prepare("SELECT hash, codec, size FROM blobs WHERE location = 1")
+            .map_err(&map)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(&map)?;
+        let mut missing = Vec::new();
+        for row in rows {
+            let (hash, codec, size) = row.map_err(&map)?;
+            let codec = ValueCodec::from_code(codec).unwrap_or_default();
+            if !self.files.exists(&hash, codec) {
+                missing.push(format!(
+                    "blob file {} is missing (a value of {} bytes stored outside the database)",
+                    self.files.path_of(&hash, codec).display(),
+                    size
+                ));
+            }
+        }
+        Ok(missing)
     }
 
     /// The directory of blob files.
@@ -495,6 +573,21 @@ impl Store for SqliteStore {
         })
     }
 
+    fn commit_after_refusal(&self, batch: RunBatch) -> Result<()> {
+        let path = self.path.clone();
+        let max_bytes = self.max_bytes.load(Ordering::Relaxed);
+        self.writer.call(move |conn, at| {
+            if max_bytes > 0 {
+                set_page_cap(conn, &path, max_bytes, 0)?;
+            }
+            let result = apply::apply_batch(conn, &path, &batch, at);
+            if max_bytes > 0 {
+                set_page_cap(conn, &path, max_bytes, RESERVED_PAGES)?;
+            }
+            result.map_err(|e| with_size(conn, e, max_bytes))
+        })
+    }
+
     fn renew_leases(&self, leases: Vec<Lease>, ttl_s: f64) -> Result<Vec<Lease>> {
         let path = self.path.clone();
         self.writer
@@ -510,6 +603,7 @@ impl Store for SqliteStore {
         let path = self.path.clone();
         let poisoned = self.poisoned.clone();
         let files = self.files.clone();
+        let max_bytes = self.max_bytes.clone();
         self.writer.submit(move |conn, at| {
             let key = batch.token.map(|t| (batch.run_id.clone(), t));
             if let Some(key) = &key {
@@ -536,8 +630,12 @@ impl Store for SqliteStore {
                     ),
                 )),
                 None => apply::apply_batch(conn, &path, &batch, at),
-            };
-            if let (Err(_), Some(key)) = (&result, key) {
+            }
+            .map_err(|e| with_size(conn, e, max_bytes.load(Ordering::Relaxed)));
+            // A stale attempt's partial state is refused alone: it says nothing about the
+            // run's other batches.
+            let stale = matches!(result, Err(Error::StaleAttempt { .. }));
+            if let (Err(_), Some(key), false) = (&result, key, stale) {
                 poisoned.lock().expect("poison lock").insert(key);
             }
             result
@@ -580,6 +678,24 @@ impl Store for SqliteStore {
             )
             .and_then(|mut st| st.query_row([run_id, node_id], |r| r.get(0)).optional())
             .map_err(sql(&self.path))
+        })
+    }
+
+    fn load_partial_segments(&self, run_id: &str, node_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.read(|conn| {
+            self.require_run(conn, run_id)?;
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT first, data FROM partial_segments WHERE run_id = ?1 AND node_id = ?2 ORDER BY first",
+                )
+                .map_err(sql(&self.path))?;
+            let rows = st
+                .query_map([run_id, node_id], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(sql(&self.path))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql(&self.path))
         })
     }
 
@@ -657,7 +773,13 @@ impl Store for SqliteStore {
                 .prepare("PRAGMA integrity_check")
                 .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
                 .map_err(sql(&self.path))?;
-            Ok(rows.join("\n"))
+            let mut problems: Vec<String> = rows.into_iter().filter(|r| r != "ok").collect();
+            problems.extend(self.missing_blob_files(conn)?);
+            Ok(if problems.is_empty() {
+                "ok".to_string()
+            } else {
+                problems.join("\n")
+            })
         })
     }
 

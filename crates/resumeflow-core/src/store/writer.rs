@@ -260,6 +260,14 @@ fn run(shared: &Shared) {
 }
 
 fn sqlite_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return StoreError::Full {
+            path: path.to_path_buf(),
+            max_bytes: None,
+            used_bytes: 0,
+        }
+        .into();
+    }
     StoreError::Sqlite {
         path: path.to_path_buf(),
         message: format!("{what}: {e}"),
