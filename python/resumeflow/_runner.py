@@ -125,7 +125,8 @@ class Runner:
                 staged = core_ctx.stage_file(parts)
                 if staged is not None:
                     return (True, staged, result, False)
-            return (True, b"".join(parts), result, False)
+            # Several parts are joined by the core in one copy (no joined `bytes` here).
+            return (True, parts[0] if len(parts) == 1 else list(parts), result, False)
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, even SystemExit
             return self._failure(node, kwargs, exc)
 

@@ -72,13 +72,21 @@ pub enum StoreError {
     },
     #[error("store {path} is closed")]
     Closed { path: PathBuf },
-    #[error("store {path} is full{}: {used_bytes} bytes in use; the write was refused and nothing committed before it was lost (raise max_store_bytes, free disk space or run `cleanup`, then resume the run)", max_bytes.map(|b| format!(" (it reached its size cap max_store_bytes={b})")).unwrap_or_else(|| " (the disk or the file system refused to grow it)".to_string()))]
+    #[error("store {path} is full{}: {used_bytes} bytes in use; the write was refused and nothing committed before it was lost (raise max_store_bytes, free disk space or run `cleanup`, then resume the run)", full_cause(*max_bytes))]
     Full {
         path: PathBuf,
         /// The cap set with `max_store_bytes`, if one was set.
         max_bytes: Option<u64>,
         used_bytes: u64,
     },
+}
+
+/// Why a store is full, for `StoreError::Full`'s message.
+fn full_cause(max_bytes: Option<u64>) -> String {
+    match max_bytes {
+        Some(b) => format!(" (it reached its size cap max_store_bytes={b})"),
+        None => " (the disk or the file system refused to grow it)".to_string(),
+    }
 }
 
 /// The crate-wide error.

@@ -112,10 +112,26 @@ fn parse_result(result: &Bound<'_, PyAny>) -> PyResult<Result<NodeOutput, NodeFa
     let result = result.cast::<PyTuple>()?;
     if result.get_item(0)?.extract::<bool>()? {
         let encoded = result.get_item(1)?;
-        // Either the encoded bytes, or `(hash, size)` of a value the node's thread already
-        // wrote to a blob file (`CoreNodeContext.stage_file`).
+        // The encoded bytes, the encoded value as a list of buffers (joined here: one copy),
+        // or `(hash, size)` of a value the node's thread already wrote to a blob file
+        // (`CoreNodeContext.stage_file`).
         let (bytes, file): (Arc<[u8]>, _) = match encoded.cast::<PyBytes>() {
             Ok(b) => (Arc::from(b.as_bytes()), None),
+            Err(_) if encoded.is_instance_of::<PyList>() => {
+                let buffers = encoded
+                    .try_iter()?
+                    .map(|part| PyBuffer::<u8>::get(&part?))
+                    .collect::<PyResult<Vec<_>>>()?;
+                if buffers.iter().any(|b| !b.is_c_contiguous()) {
+                    return Err(pyo3::exceptions::PyValueError::new_err(
+                        "an encoded part is not a contiguous buffer",
+                    ));
+                }
+                (
+                    crate::buffers::concat(&crate::buffers::segments(&buffers)),
+                    None,
+                )
+            }
             Err(_) => {
                 let (hash, size): (Vec<u8>, u64) = encoded.extract()?;
                 (Arc::from(&[][..]), Some(ValueRef { hash, size }))
