@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import math
+import operator
 import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _codec, _workers
-from ._core import CoreEngine, CoreRun, RunFailed, SerializationError
+from ._core import (
+    CoreEngine,
+    CoreRun,
+    InvalidArgument,
+    RunFailed,
+    SerializationError,
+    StoreError,
+    WorkflowMismatch,
+)
 from ._runner import Runner
 from ._state import Checkpoint, RunState, Undecodable
 from ._streaming import Subscription
@@ -30,7 +41,18 @@ class Run:
     def wait(self, timeout: float | None = None) -> RunState:
         """Blocks until the run stops; raises ``TimeoutError`` if ``timeout`` passes first.
 
-        Ctrl-C interrupts the run (in-flight nodes finish, then it pauses) and re-raises.
+        Ctrl-C interrupts the run (in-flight nodes finish, then it pauses) and re-raises. The
+        engine's ``close`` (the end of a ``with Engine(...)`` block) then waits for those nodes;
+        a second Ctrl-C cuts that wait short too, leaving the run resumable as after a crash.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> wf = rf.Workflow("wait_doc")
+        >>> @wf.node
+        ... def one():
+        ...     return 1
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "w.db")) as engine:
+        ...     engine.start(wf).wait(timeout=60).status
+        'completed'
         """
         try:
             result = self._core.wait(timeout)
@@ -80,6 +102,76 @@ def _encode_inputs(inputs: Mapping[str, Any] | None) -> dict[str, bytes]:
     return out
 
 
+#: The smallest ``max_store_bytes`` accepted: the schema alone takes a few dozen 4 KiB pages,
+#: and a cap below this could not hold a single run.
+MIN_STORE_BYTES = 1 << 20
+
+#: Label (hidden from ``RunState.labels``) holding a digest of a run's encoded inputs, so
+#: that ``execute_until`` on an existing run can tell whether new inputs differ.
+INPUTS_DIGEST_LABEL = "resumeflow.inputs_sha256"
+
+
+def _inputs_digest(encoded: Mapping[str, bytes]) -> str:
+    """A digest of encoded run inputs, independent of their order."""
+    h = hashlib.sha256()
+    for name in sorted(encoded):
+        for part in (name.encode(), encoded[name]):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    return h.hexdigest()
+
+
+def _invalid(field: str, message: str) -> InvalidArgument:
+    return InvalidArgument(f"invalid argument {field}: {message}")
+
+
+def _count(field: str, value: Any, minimum: int, maximum: int = 2**64 - 1, hint: str = "") -> int:
+    """An int argument in ``[minimum, maximum]``: ``TypeError`` for another type,
+    ``InvalidArgument`` (a ``ValueError``) naming ``field`` for a value out of range."""
+    if isinstance(value, bool):
+        raise TypeError(f"{field} must be an int, got bool")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{field} must be an int, got {type(value).__name__}") from None
+    if not minimum <= number <= maximum:
+        bound = f"at least {minimum}" if maximum == 2**64 - 1 else f"between {minimum} and {maximum}"
+        raise _invalid(field, f"must be {bound}{hint}, got {number}")
+    return number
+
+
+def _check_path(path: Any) -> str:
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike naming the store file, got {type(path).__name__}") from None
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    if not text.strip():
+        raise _invalid("path", "must name the store file, got an empty path")
+    if text == ":memory:" or text.startswith("file::memory:"):
+        raise StoreError(
+            f"store {text}: an in-memory store is not supported (durability needs a file that "
+            "outlives the process); use a file, e.g. os.path.join(tempfile.mkdtemp(), 'runs.db')"
+        )
+    return text
+
+
+def _check_resources(resources: Any) -> dict[str, int] | None:
+    if resources is None:
+        return None
+    if not isinstance(resources, Mapping):
+        raise TypeError(f"resources must be a dict of resource name -> capacity, got {type(resources).__name__}")
+    out = {}
+    for name, capacity in resources.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"resources names must be non-empty str, got {name!r}")
+        out[name] = _count(f"resources[{name!r}]", capacity, 0, 2**32 - 1)
+    return out or None
+
+
 def _older_than(value: Any) -> float | None:
     """Accepts seconds of age, a timedelta (age) or a datetime (cut-off)."""
     if value is None:
@@ -99,10 +191,24 @@ class Engine:
     """Runs workflows durably on the SQLite store at ``path`` (created if missing).
 
     Beyond shared/API.md: ``max_store_bytes`` caps the store's size (writes past it fail with
-    ``StoreError`` and change nothing); ``blob_file_threshold`` (bytes, default 64 MiB): a value
+    ``StoreError`` and change nothing; at least ``MIN_STORE_BYTES``, 1 MiB);
+    ``blob_file_threshold`` (bytes, default 64 MiB): a value
     whose stored form is at least this large is kept as a file in ``<path>.blobs/``, written and
     fsynced before the commit that references it (large tensors at disk speed, no database
-    bloat); ``cleanup`` removes the files nothing references any more.
+    bloat); ``cleanup`` removes the files nothing references any more. ``read_only=True``
+    opens an existing store this process may not write, for inspection only (nothing is
+    created or migrated; writes fail with ``StoreError``); it needs a core built with that
+    mode, and is a ``StoreError`` saying so otherwise.
+
+    Bad arguments are refused before the store is touched: a wrong type is a ``TypeError``, a
+    value out of range an ``rf.InvalidArgument`` (also a ``ValueError``) naming the argument;
+    ``":memory:"`` is a ``StoreError`` (a store must be a file).
+
+    >>> import resumeflow as rf, tempfile, os
+    >>> rf.Engine(os.path.join(tempfile.mkdtemp(), "e.db"), max_concurrency=-1)
+    Traceback (most recent call last):
+    ...
+    resumeflow.InvalidArgument: invalid argument max_concurrency: must be at least 1 (or None for no limit), got -1
     """
 
     def __init__(
@@ -115,19 +221,51 @@ class Engine:
         lease_seconds: float = 30.0,
         max_store_bytes: int | None = None,
         blob_file_threshold: int | None = None,
+        read_only: bool = False,
     ) -> None:
-        self.path = os.fspath(path)
+        self.path = _check_path(path)
+        if max_concurrency is not None:
+            max_concurrency = _count("max_concurrency", max_concurrency, 1, hint=" (or None for no limit)")
+        if not isinstance(durability, str):
+            raise TypeError(f"durability must be one of 'sync', 'batched', 'off', got {type(durability).__name__}")
+        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)):
+            raise TypeError(f"lease_seconds must be a number of seconds, got {type(lease_seconds).__name__}")
+        if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+            raise _invalid("lease_seconds", f"must be a positive number of seconds, got {lease_seconds}")
+        if max_store_bytes is not None:
+            max_store_bytes = _count(
+                "max_store_bytes", max_store_bytes, MIN_STORE_BYTES,
+                hint=" bytes (1 MiB: a smaller store cannot hold a run), or None for no cap",
+            )
+        if blob_file_threshold is not None:
+            blob_file_threshold = _count("blob_file_threshold", blob_file_threshold, 0)
+        checked_resources = _check_resources(resources)
         _workers.ensure_started()
-        self._core = CoreEngine(
-            self.path,
-            max_concurrency=max_concurrency,
-            durability=durability,
-            resources=dict(resources) if resources else None,
-            lease_seconds=float(lease_seconds),
-            max_store_bytes=max_store_bytes,
-            blob_file_threshold=blob_file_threshold,
-        )
+        options: dict[str, Any] = {}
+        if read_only:
+            options["read_only"] = True
+        try:
+            self._core = CoreEngine(
+                self.path,
+                max_concurrency=max_concurrency,
+                durability=durability,
+                resources=checked_resources,
+                lease_seconds=float(lease_seconds),
+                max_store_bytes=max_store_bytes,
+                blob_file_threshold=blob_file_threshold,
+                **options,
+            )
+        except TypeError as e:
+            if read_only and "read_only" in str(e):
+                raise StoreError(
+                    f"store {self.path}: this build of resumeflow cannot open a store read-only; "
+                    "give this process write access to the file and its directory, or inspect a "
+                    "writable copy"
+                ) from None
+            raise
         self._runners: dict[int, Runner] = {}
+        #: Handles of the runs this engine started or resumed (``close`` waits for them).
+        self._handles: list[CoreRun] = []
 
     def subscribe(self, run_id: str) -> Subscription:
         """Items of ``run_id``'s streaming nodes as this engine's workers yield them, as
@@ -149,7 +287,16 @@ class Engine:
             self._runners[id(wf)] = runner
         return runner
 
+    def _track(self, core: CoreRun) -> Run:
+        """A handle for ``core``, remembered so that ``close`` can wait for it."""
+        self._handles = [h for h in self._handles if not h.done()]
+        self._handles.append(core)
+        return Run(self, core)
+
     def _state(self, d: dict[str, Any], live: Mapping[str, Any] | None = None) -> RunState:
+        labels = d.get("labels")
+        if labels and INPUTS_DIGEST_LABEL in labels:
+            d = dict(d, labels={k: v for k, v in labels.items() if k != INPUTS_DIGEST_LABEL})
         values: dict[str, Any] = {}
         live = live or {}
         for node_id in d["node_order"]:
@@ -185,13 +332,39 @@ class Engine:
         labels: Mapping[str, str] | None = None,
         _until: str | None = None,
     ) -> Run:
-        """Starts a run in the background and returns at once."""
+        """Starts a run in the background and returns at once.
+
+        Run inputs that no node parameter reads raise ``GraphError`` naming them (and the
+        inputs the workflow knows), rather than being ignored.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> wf = rf.Workflow("start_doc")
+        >>> @wf.node
+        ... def double(n: int):
+        ...     return 2 * n
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "s.db")) as engine:
+        ...     engine.start(wf, {"n": 4}).wait().values
+        {'double': 8}
+        """
+        return self._track(self._start(wf, inputs, run_id=run_id, labels=labels, until=_until))
+
+    def _start(
+        self,
+        wf: Workflow,
+        inputs: Mapping[str, Any] | None,
+        *,
+        run_id: str | None,
+        labels: Mapping[str, str] | None = None,
+        until: str | None = None,
+    ) -> CoreRun:
         graph = self._check_workflow(wf).validate()
-        core = self._core.start(
-            graph, self._runner(wf), _encode_inputs(inputs), run_id=run_id, until=_until,
-            labels=dict(labels) if labels else None,
-        )
-        return Run(self, core)
+        encoded = _encode_inputs(inputs)
+        wf.check_inputs(encoded)
+        all_labels = dict(labels) if labels else {}
+        if INPUTS_DIGEST_LABEL in all_labels:
+            raise _invalid("labels", f"{INPUTS_DIGEST_LABEL!r} is reserved by resumeflow")
+        all_labels[INPUTS_DIGEST_LABEL] = _inputs_digest(encoded)
+        return self._core.start(graph, self._runner(wf), encoded, run_id=run_id, until=until, labels=all_labels)
 
     def run(
         self,
@@ -215,23 +388,66 @@ class Engine:
     ) -> RunState:
         """Runs only ``until`` and its ancestors, commits, and leaves the run ``paused``.
 
-        With ``run_id`` naming an existing (paused) run, continues that run instead.
+        With ``run_id`` naming an existing (paused) run, continues that run instead, with its
+        stored inputs: passing ``inputs`` that differ from them raises ``rf.InvalidArgument``
+        (a ``ValueError``) naming the run and the inputs; the same inputs, or none, are fine.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> wf = rf.Workflow("until_doc")
+        >>> @wf.node
+        ... def a(n: int):
+        ...     return n + 1
+        >>> @wf.node
+        ... def b(a):
+        ...     return a * 10
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "u.db")) as engine:
+        ...     first = engine.execute_until(wf, "a", {"n": 1}, run_id="u")
+        ...     engine.execute_until(wf, "b", run_id="u").values
+        {'a': 2, 'b': 20}
         """
         graph = self._check_workflow(wf).validate()
-        if run_id is not None and self._exists(run_id):
-            core = self._core.resume(run_id, graph, self._runner(wf), until=until)
+        stored = self._stored_state(run_id) if run_id is not None else None
+        if run_id is not None and stored is not None:
+            self._check_same_inputs(stored, inputs)
+            with _mismatch_hint():
+                core = self._core.resume(run_id, graph, self._runner(wf), until=until)
         else:
-            core = self._core.start(graph, self._runner(wf), _encode_inputs(inputs), run_id=run_id, until=until)
-        return Run(self, core).wait()
+            core = self._start(wf, inputs, run_id=run_id, until=until)
+        return self._track(core).wait()
 
-    def _exists(self, run_id: str) -> bool:
+    def _stored_state(self, run_id: str) -> dict[str, Any] | None:
+        """The run's raw committed state, or None if the store does not hold it."""
         from ._core import RunNotFound
 
         try:
-            self._core.get_current_state(run_id)
-            return True
+            return self._core.get_current_state(run_id)
         except RunNotFound:
-            return False
+            return None
+
+    def _exists(self, run_id: str) -> bool:
+        return self._stored_state(run_id) is not None
+
+    @staticmethod
+    def _check_same_inputs(stored: Mapping[str, Any], inputs: Mapping[str, Any] | None) -> None:
+        """``execute_until`` on an existing run keeps its stored inputs: refuse different ones."""
+        if not inputs:
+            return
+        encoded = _encode_inputs(inputs)
+        digest = (stored.get("labels") or {}).get(INPUTS_DIGEST_LABEL)
+        if digest is not None and digest == _inputs_digest(encoded):
+            return
+        run_id = stored["run_id"]
+        why = (
+            "they differ from the inputs it was started with"
+            if digest is not None
+            else "its stored inputs cannot be compared (it was started by an older resumeflow)"
+        )
+        raise _invalid(
+            "inputs",
+            f"run {run_id!r} already exists and continues with its stored inputs, so "
+            f"inputs={dict(inputs)!r} cannot be applied ({why}); call execute_until without "
+            "inputs to continue it, or pass a new run_id to start a run with these inputs",
+        )
 
     def resume(
         self,
@@ -243,7 +459,25 @@ class Engine:
         rerun: Iterable[str] | None = None,
         allow_mismatch: bool = False,
     ) -> Run:
-        """Continues a stopped run; completed nodes are not executed again."""
+        """Continues a stopped run; completed nodes are not executed again.
+
+        ``allow_mismatch=True`` resumes even though ``wf``'s node ids or wiring differ from the
+        stored run's (a ``WorkflowMismatch`` otherwise): completed nodes keep their outputs,
+        so only use it when those outputs still fit the new graph.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> wf = rf.Workflow("resume_doc")
+        >>> @wf.node
+        ... def a(n: int):
+        ...     return n + 1
+        >>> @wf.node
+        ... def b(a):
+        ...     return a * 10
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "r.db")) as engine:
+        ...     paused = engine.execute_until(wf, "a", {"n": 1})
+        ...     engine.resume(paused.run_id, wf).wait().values
+        {'a': 2, 'b': 20}
+        """
         graph = self._check_workflow(wf).validate()
         encoded_updates = None
         if updates:
@@ -252,12 +486,13 @@ class Engine:
             }
         if isinstance(rerun, str):
             rerun = [rerun]
-        core = self._core.resume(
-            run_id, graph, self._runner(wf), checkpoint_id=checkpoint_id,
-            updates=encoded_updates, rerun=list(rerun) if rerun else None,
-            allow_mismatch=allow_mismatch,
-        )
-        return Run(self, core)
+        with _mismatch_hint():
+            core = self._core.resume(
+                run_id, graph, self._runner(wf), checkpoint_id=checkpoint_id,
+                updates=encoded_updates, rerun=list(rerun) if rerun else None,
+                allow_mismatch=bool(allow_mismatch),
+            )
+        return self._track(core)
 
     def recover(self, workflows: Iterable[Workflow] | Mapping[str, Workflow]) -> list[Run]:
         """Resumes every run left ``running`` by a dead or expired worker, for these workflows."""
@@ -268,7 +503,7 @@ class Engine:
         table = {
             name: (self._check_workflow(wf).validate(), self._runner(wf)) for name, wf in by_name.items()
         }
-        return [Run(self, core) for core in self._core.recover(table)]
+        return [self._track(core) for core in self._core.recover(table)]
 
     # --- inspection ------------------------------------------------------------------------
 
@@ -318,7 +553,27 @@ class Engine:
     # --- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Interrupts active runs (in-flight nodes finish), waits for them, closes the store."""
+        """Interrupts active runs (in-flight nodes finish), waits for them, closes the store.
+
+        The wait can be cut short with Ctrl-C (``KeyboardInterrupt``): the store is then left
+        open until the process exits, and the runs are resumable as after a crash.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> engine = rf.Engine(os.path.join(tempfile.mkdtemp(), "c.db"))
+        >>> engine.close()
+        >>> engine.close()  # closing twice is harmless
+        """
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.interrupt()
+        for handle in handles:
+            try:
+                handle.wait(None)  # interruptible, unlike the core's own wait in close()
+            except KeyboardInterrupt:
+                self._handles = [h for h in handles if not h.done()]
+                raise
+            except Exception:  # noqa: BLE001 - a failed run is the caller's to inspect
+                pass
         self._core.close()
 
     def __enter__(self) -> Engine:
@@ -329,6 +584,29 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({self.path!r})"
+
+
+class _mismatch_hint:
+    """Adds to a ``WorkflowMismatch`` how to resume anyway."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if not isinstance(exc, WorkflowMismatch) or "allow_mismatch" in str(exc):
+            return
+        how = (
+            "Engine.resume(run_id, wf, allow_mismatch=True) (CLI: resumeflow resume RUN_ID "
+            "--allow-mismatch), if the completed nodes' outputs still fit the new graph; or start "
+            "a new run"
+        )
+        message = str(exc)
+        tail = "or allow the mismatch explicitly"
+        if tail in message:
+            message = message.replace(tail, f"{tail} with {how}")
+        else:
+            message = f"{message}; to resume anyway pass {how}"
+        raise WorkflowMismatch(message) from None
 
 
 def _raise_if_failed(state: RunState) -> RunState:

@@ -14,8 +14,9 @@
 from __future__ import annotations
 
 import inspect
+import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,42 @@ class NodeDef:
     is_async: bool
     is_generator: bool
     is_async_generator: bool
+
+
+#: A node's resource demand is a u32 in the core.
+_MAX_RESOURCE_UNITS = 2**32 - 1
+
+
+def _check_node_resources(node_id: str, resources: Any) -> dict[str, int]:
+    """``@wf.node(resources=...)`` as ``{name: units}``; a ``GraphError`` naming the node and
+    the resource for anything else (a negative count used to be a bare ``OverflowError``)."""
+    if resources is None:
+        return {}
+    if not isinstance(resources, Mapping):
+        raise GraphError(
+            f"node {node_id!r}: resources must be a dict of resource name -> units, "
+            f"got {type(resources).__name__}"
+        )
+    out: dict[str, int] = {}
+    for name, units in resources.items():
+        if not isinstance(name, str) or not name:
+            raise GraphError(f"node {node_id!r}: resource names must be non-empty str, got {name!r}")
+        try:
+            if isinstance(units, bool):
+                raise TypeError
+            units = operator.index(units)
+        except TypeError:
+            raise GraphError(
+                f"node {node_id!r}: resources[{name!r}] must be an int number of units, "
+                f"got {type(units).__name__}"
+            ) from None
+        if not 0 <= units <= _MAX_RESOURCE_UNITS:
+            raise GraphError(
+                f"node {node_id!r}: resources[{name!r}] must be between 0 and {_MAX_RESOURCE_UNITS}, "
+                f"got {units}"
+            )
+        out[name] = units
+    return out
 
 
 def _is_context_param(p: inspect.Parameter) -> bool:
@@ -112,6 +149,14 @@ class Workflow:
             raise GraphError(
                 f"workflow {self.name!r}: invalid node id {node_id!r}: use 1-200 characters from [A-Za-z0-9_.-]"
             )
+        if node_id == "ctx":
+            # A parameter named ``ctx`` receives the NodeContext (the documented rule), so a
+            # node named ``ctx`` could never be consumed by name: refuse the ambiguity.
+            raise GraphError(
+                f"workflow {self.name!r}: a node cannot be named 'ctx' (a parameter named ctx "
+                "receives the NodeContext, not a node's output); rename it, e.g. "
+                "@wf.node(name='context_data')"
+            )
         if node_id in self._nodes:
             raise GraphError(f"duplicate node id {node_id!r} in workflow {self.name!r}")
         if retry is None or retry is True:
@@ -125,6 +170,7 @@ class Workflow:
         for label, value in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise GraphError(f"node {node_id!r}: {label} must be a positive number of seconds")
+        node_resources = _check_node_resources(node_id, resources)
         sig = inspect.signature(fn)
         params = [
             p for p in sig.parameters.values()
@@ -146,7 +192,7 @@ class Workflow:
             retry=policy,
             timeout=float(timeout) if timeout is not None else None,
             explicit_inputs=explicit,
-            resources={str(k): int(v) for k, v in (resources or {}).items()},
+            resources=node_resources,
             on_oom=on_oom,
             heartbeat_timeout=float(heartbeat_timeout) if heartbeat_timeout is not None else None,
             params=params,
@@ -186,6 +232,59 @@ class Workflow:
     def nodes(self) -> list[str]:
         """Node ids in topological order."""
         return list(self.validate().node_ids())
+
+    @property
+    def input_names(self) -> list[str]:
+        """The run inputs this workflow reads: parameters with no producer node, sorted.
+
+        >>> wf = Workflow("inputs_doc")
+        >>> @wf.node
+        ... def load(n: int, seed: int = 0):
+        ...     return n + seed
+        >>> @wf.node
+        ... def total(ctx, load):
+        ...     return load
+        >>> wf.input_names
+        ['n', 'seed']
+        """
+        names = {
+            source
+            for node in self._nodes.values()
+            for _param, kind, source, _required in self._bindings(node)
+            if kind == "input"
+        }
+        return sorted(names)
+
+    def check_inputs(self, names: Iterable[str]) -> None:
+        """Raises ``GraphError`` naming any run input that no node parameter reads (a typo
+        would otherwise be ignored silently, and the node would run with its default).
+
+        >>> wf = Workflow("check_doc")
+        >>> @wf.node
+        ... def load(n: int = 1):
+        ...     return n
+        >>> wf.check_inputs(["n"])
+        >>> wf.check_inputs(["m"])
+        Traceback (most recent call last):
+        ...
+        resumeflow.GraphError: workflow 'check_doc': unknown run input 'm' (no node parameter reads it); known inputs: 'n'
+        """
+        known = self.input_names
+        unknown = sorted(set(names) - set(known))
+        if not unknown:
+            return
+        listed = ", ".join(repr(n) for n in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        verb = "them" if len(unknown) > 1 else "it"
+        known_text = (
+            "known inputs: " + ", ".join(repr(n) for n in known)
+            if known
+            else "this workflow reads no run inputs"
+        )
+        raise GraphError(
+            f"workflow {self.name!r}: unknown run input{plural} {listed} "
+            f"(no node parameter reads {verb}); {known_text}"
+        )
 
     def __getitem__(self, node_id: str) -> NodeDef:
         return self._nodes[node_id]

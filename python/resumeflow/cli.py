@@ -1,6 +1,18 @@
 """The ``resumeflow`` command line (also ``python -m resumeflow``).
 
-Exit status: 0 on success, 1 when a run ends ``failed``, 2 on bad usage or a library error.
+Exit status: 0 on success, 1 when a run ends ``failed``, 2 on bad usage or a library error,
+130 after Ctrl-C.
+
+Trust: ``resume RUN_ID`` imports the ``MODULE:WORKFLOW`` that ``run`` stored with the run, so a
+store decides which code runs, as a pickle does: open only stores you trust. It says on stderr
+what it imports, takes ``resume RUN_ID MODULE:WORKFLOW`` (or ``--workflow``) to choose the code
+yourself, and imports a stored reference with the ``sys.path`` Python set up, never adding the
+current directory itself (``python -m`` puts it first; the ``resumeflow`` script does not). A
+``MODULE:WORKFLOW`` you type yourself (``run``, ``resume RUN_ID MODULE:WORKFLOW``) is also looked
+up in the current directory, as users of ``python -m`` expect.
+
+``--json`` prints strict JSON (no NaN): see :func:`to_json` for how values that JSON cannot
+hold are written.
 """
 
 from __future__ import annotations
@@ -8,7 +20,9 @@ from __future__ import annotations
 import argparse
 import base64
 import importlib
+import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -18,36 +32,74 @@ import resumeflow as rf
 
 WORKFLOW_LABEL = "resumeflow.workflow"
 
+#: Subcommands that only read: they never create a store.
+READ_ONLY_COMMANDS = frozenset({"status", "history", "results", "runs"})
+#: Subcommands that need an existing store (an absent file is a typo in --db, not a new store).
+NEEDS_STORE_COMMANDS = READ_ONLY_COMMANDS | {"resume"}
+
+#: Arrays and tensors with more elements than this are summarized, not listed.
+MAX_LISTED_ELEMENTS = 10_000
+
 
 class UsageError(Exception):
     """Bad command-line usage (exit status 2)."""
 
 
-def _jsonable(value: Any) -> Any:
-    """Values as JSON: tensors and arrays become lists (or a summary when large)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+class NoStore(UsageError):
+    """A read-only subcommand named a store file that does not exist."""
+
+
+def to_json(value: Any) -> Any:
+    """``value`` as something ``json.dumps(..., allow_nan=False)`` writes as strict JSON.
+
+    Rules (the CLI's ``--json`` and nothing else depend on them):
+
+    - ``None``, ``bool``, ``str`` and ``int`` stay as they are (ints of any size: JSON numbers
+      have no size limit; parsers with 64-bit or double-precision numbers may round them).
+    - A finite float stays; ``nan``, ``inf`` and ``-inf`` become the strings ``"NaN"``,
+      ``"Infinity"`` and ``"-Infinity"`` (the spellings ``float()`` reads back).
+    - ``bytes`` become ``{"bytes_base64": "..."}``.
+    - A dict whose keys are all ``str`` becomes an object; any other dict becomes
+      ``{"dict_items": [[key, value], ...]}`` in its order, so ``{1: "a", "1": "b"}`` keeps both.
+    - Lists and tuples become lists; arrays and tensors become nested lists, or
+      ``{"type", "dtype", "shape"}`` beyond 10,000 elements.
+    - A value this process cannot decode (``rf.Undecodable``) becomes ``{"undecodable": why}``.
+    - Anything else becomes its ``repr``.
+
+    >>> to_json({"x": float("nan"), "b": b"hi", "k": {1: "int", "1": "str"}})
+    {'x': 'NaN', 'b': {'bytes_base64': 'aGk='}, 'k': {'dict_items': [[1, 'int'], ['1', 'str']]}}
+    """
+    if value is None or isinstance(value, (bool, int, str)):
         return value
-    if isinstance(value, bytes):
-        return {"bytes_base64": base64.b64encode(value).decode()}
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"bytes_base64": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        if all(isinstance(k, str) for k in value):
+            return {k: to_json(v) for k, v in value.items()}
+        return {"dict_items": [[to_json(k), to_json(v)] for k, v in value.items()]}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_json(v) for v in value]
+    if isinstance(value, rf.Undecodable):
+        return {"undecodable": value.error}
     shape = getattr(value, "shape", None)
     if shape is not None and hasattr(value, "tolist"):
         numel = 1
         for d in shape:
             numel *= int(d)
-        if numel <= 10_000:
-            return value.tolist()
+        if numel <= MAX_LISTED_ELEMENTS:
+            return to_json(value.tolist())
         return {"type": type(value).__name__, "dtype": str(getattr(value, "dtype", "")), "shape": list(shape)}
     return repr(value)
 
 
 def _state_json(state: rf.RunState) -> dict[str, Any]:
     d = state.to_dict()
-    d["values"] = _jsonable(d["values"])
-    d["nodes"] = {k: _jsonable(v) for k, v in d["nodes"].items()}
+    d["values"] = to_json(d["values"])
+    d["nodes"] = {k: to_json(v) for k, v in d["nodes"].items()}
     return d
 
 
@@ -64,25 +116,41 @@ def _checkpoint_json(cp: rf.Checkpoint) -> dict[str, Any]:
 
 def _emit(args: argparse.Namespace, document: Any, text: str) -> None:
     if args.json:
-        print(json.dumps(document, default=repr))
+        print(json.dumps(to_json(document), allow_nan=False, default=repr))
     else:
         print(text)
 
 
-def _load_workflow(ref: str) -> rf.Workflow:
+def _load_workflow(ref: str, *, search_cwd: bool = True) -> rf.Workflow:
+    """Imports ``MODULE:WORKFLOW``; with ``search_cwd`` (a reference the user typed), the
+    current directory is searched too, as ``python -m`` would."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"expected MODULE:WORKFLOW, got {ref!r}")
-    if os.getcwd() not in sys.path:
+    if search_cwd and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        hint = ""
+        if not search_cwd and e.name == module_name.split(".")[0] and _in_cwd(module_name):
+            hint = (
+                f"; {module_name!r} is in the current directory, which is not searched for a "
+                "workflow named by the store: if you trust this store, name it yourself: "
+                f"resumeflow resume RUN_ID {ref}"
+            )
+        raise UsageError(f"cannot import module {module_name!r}: {type(e).__name__}: {e}{hint}") from None
     except Exception as e:  # a SyntaxError or any error raised while importing the module
         raise UsageError(f"cannot import module {module_name!r}: {type(e).__name__}: {e}") from None
     wf = getattr(module, attr, None)
     if not isinstance(wf, rf.Workflow):
         raise UsageError(f"{ref!r} is not a resumeflow.Workflow (found {type(wf).__name__})")
     return wf
+
+
+def _in_cwd(module_name: str) -> bool:
+    top = module_name.split(".")[0]
+    return os.path.isfile(f"{top}.py") or os.path.isdir(top)
 
 
 def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
@@ -124,6 +192,40 @@ def _watch(engine: rf.Engine, run: rf.Run, args: argparse.Namespace) -> rf.RunSt
     return run.wait()
 
 
+def _exit_now(run: rf.Run) -> None:
+    """The second Ctrl-C: leave at once. The store is crash-safe, so the run is left as after
+    a crash (its in-flight nodes run again on resume) and ``resume`` takes it over."""
+    print(
+        f"resumeflow: exiting now; run {run.id} stays resumable: resumeflow resume {run.id}",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.stdout.flush()
+    os._exit(130)
+
+
+def _follow(engine: rf.Engine, run: rf.Run, args: argparse.Namespace) -> int:
+    """Waits for ``run`` and prints its final state. The first Ctrl-C asks the run to pause
+    once its in-flight nodes finish (exit 130 then); a second one exits at once."""
+    try:
+        state = _watch(engine, run, args)
+    except KeyboardInterrupt:
+        run.interrupt()  # Run.wait did already, but not a Ctrl-C in the progress display
+        print(
+            f"resumeflow: interrupting run {run.id}: in-flight nodes finish, then it pauses; "
+            f"press Ctrl-C again to exit now (the run stays resumable: resumeflow resume {run.id})",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            state = run.wait()
+        except KeyboardInterrupt:
+            _exit_now(run)
+        code = _finish(args, state)
+        return 130 if state.status == "paused" else code
+    return _finish(args, state)
+
+
 def _finish(args: argparse.Namespace, state: rf.RunState) -> int:
     lines = [f"run {state.run_id}: {state.status}"]
     for node_id, node in state.nodes.items():
@@ -134,6 +236,11 @@ def _finish(args: argparse.Namespace, state: rf.RunState) -> int:
 
 
 def cmd_run(engine: rf.Engine, args: argparse.Namespace) -> int:
+    """``resumeflow run MODULE:WORKFLOW [--input k=v ...] [--run-id ID] [--until NODE]``:
+    starts a run (storing ``MODULE:WORKFLOW`` with it) and follows it to the end.
+
+    Example: ``resumeflow run train:wf --input n=10 --until load --db runs.db``.
+    """
     wf = _load_workflow(args.workflow)
     inputs = _parse_inputs(args.input or [])
     labels = {WORKFLOW_LABEL: args.workflow}
@@ -143,28 +250,56 @@ def cmd_run(engine: rf.Engine, args: argparse.Namespace) -> int:
         run = engine.start(wf, inputs, run_id=args.run_id, labels=labels, _until=args.until)
     else:
         run = engine.start(wf, inputs, run_id=args.run_id, labels=labels)
-    return _finish(args, _watch(engine, run, args))
+    return _follow(engine, run, args)
 
 
 def cmd_resume(engine: rf.Engine, args: argparse.Namespace) -> int:
-    state = engine.get_current_state(args.run_id)
-    ref = state.labels.get(WORKFLOW_LABEL)
-    if not ref:
-        raise UsageError(
-            f"run {args.run_id!r} was not started by `resumeflow run`, so its workflow is unknown; "
-            "resume it from Python with Engine.resume"
+    """``resumeflow resume RUN_ID [MODULE:WORKFLOW] [--allow-mismatch]``: continues a run with
+    the workflow stored with it (said on stderr; see the module's note on trust) or the one
+    named here.
+
+    Example: ``resumeflow resume r1 --db runs.db`` or ``resumeflow resume r1 train:wf``.
+    """
+    if args.workflow and args.workflow_option and args.workflow != args.workflow_option:
+        raise UsageError(f"two workflows given: {args.workflow!r} and --workflow {args.workflow_option!r}")
+    explicit = args.workflow or args.workflow_option
+    # The raw state: only its labels are needed, no output is loaded or decoded.
+    labels = engine._core.get_current_state(args.run_id)["labels"] or {}
+    if explicit:
+        wf = _load_workflow(explicit)
+    else:
+        ref = labels.get(WORKFLOW_LABEL)
+        if not ref:
+            raise UsageError(
+                f"run {args.run_id!r} was not started by `resumeflow run`, so its workflow is unknown; "
+                f"name it: resumeflow resume {args.run_id} MODULE:WORKFLOW (or use Engine.resume)"
+            )
+        print(
+            f"resumeflow resume: importing {ref} (stored with run {args.run_id!r} in {args.db}; "
+            f"to choose the code yourself: resumeflow resume {args.run_id} MODULE:WORKFLOW)",
+            file=sys.stderr,
+            flush=True,
         )
-    run = engine.resume(args.run_id, _load_workflow(ref))
-    return _finish(args, _watch(engine, run, args))
+        wf = _load_workflow(ref, search_cwd=False)
+    run = engine.resume(args.run_id, wf, allow_mismatch=args.allow_mismatch)
+    return _follow(engine, run, args)
 
 
 def cmd_status(engine: rf.Engine, args: argparse.Namespace) -> int:
+    """``resumeflow status RUN_ID``: the run's latest committed state.
+
+    Example: ``resumeflow status r1 --db runs.db --json``.
+    """
     state = engine.get_current_state(args.run_id)
     _finish(args, state)
     return 0
 
 
 def cmd_history(engine: rf.Engine, args: argparse.Namespace) -> int:
+    """``resumeflow history RUN_ID``: the run's checkpoints, newest first.
+
+    Example: ``resumeflow history r1 --db runs.db``.
+    """
     history = engine.history(args.run_id)
     text = "\n".join(
         f"checkpoint {cp.checkpoint_id} (parent {cp.parent_id}, {cp.kind}): {', '.join(cp.completed)}"
@@ -175,13 +310,24 @@ def cmd_history(engine: rf.Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_results(engine: rf.Engine, args: argparse.Namespace) -> int:
-    values = engine.get_partial_results(args.run_id)
-    text = "\n".join(f"{k}: {_jsonable(v)!r}"[:500] for k, v in values.items()) or "no completed nodes"
-    _emit(args, {"run_id": args.run_id, "values": _jsonable(values)}, text)
+    """``resumeflow results RUN_ID``: outputs of the completed nodes; one this process cannot
+    decode is shown as ``{"undecodable": why}`` (exit 0 all the same).
+
+    Example: ``resumeflow results r1 --db runs.db --json``.
+    """
+    # The state's values: an output this process cannot decode is an rf.Undecodable
+    # placeholder ({"undecodable": why} in JSON), not an error that hides the others.
+    values = engine.get_current_state(args.run_id).values
+    text = "\n".join(f"{k}: {to_json(v)!r}"[:500] for k, v in values.items()) or "no completed nodes"
+    _emit(args, {"run_id": args.run_id, "values": to_json(values)}, text)
     return 0
 
 
 def cmd_runs(engine: rf.Engine, args: argparse.Namespace) -> int:
+    """``resumeflow runs [--status STATUS]``: the runs in the store.
+
+    Example: ``resumeflow runs --status paused --db runs.db``.
+    """
     runs = engine.list_runs(args.status)
     text = "\n".join(
         f"{r.run_id}  {r.workflow}  {r.status}  {len(r.completed)}/{len(r.nodes)} nodes" for r in runs
@@ -191,12 +337,20 @@ def cmd_runs(engine: rf.Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(engine: rf.Engine, args: argparse.Namespace) -> int:
+    """``resumeflow cleanup [RUN_ID] --keep-last N``: deletes old checkpoints.
+
+    Example: ``resumeflow cleanup --keep-last 1 --db runs.db``.
+    """
     deleted = engine.cleanup(args.run_id, keep_last=args.keep_last)
     _emit(args, {"deleted": deleted}, f"deleted {deleted} checkpoint(s)")
     return 0
 
 
 def cmd_demo(engine: rf.Engine | None, args: argparse.Namespace) -> int:
+    """``resumeflow demo``: kills a training run and resumes it.
+
+    Example: ``resumeflow demo``.
+    """
     from .demo import run_demo
 
     if args.json:
@@ -219,8 +373,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id")
     p.add_argument("--until")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
+        "resume", parents=[common], help="resume a run started by `resumeflow run`",
+        description="Resumes RUN_ID with the MODULE:WORKFLOW stored with it (printed on stderr; "
+        "a store decides which code this imports, so open only stores you trust), or with the "
+        "MODULE:WORKFLOW given here.",
+    )
+    p.add_argument("run_id")
+    p.add_argument("workflow", nargs="?", metavar="MODULE:WORKFLOW",
+                   help="the workflow to resume with (default: the one stored with the run)")
+    p.add_argument("--workflow", dest="workflow_option", metavar="MODULE:WORKFLOW",
+                   help="same as the positional MODULE:WORKFLOW")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="resume even if the workflow's node ids or wiring differ from the run's "
+                   "(completed nodes keep their outputs)")
+    p.set_defaults(func=cmd_resume)
     for name, func, help_text in (
-        ("resume", cmd_resume, "resume a run started by `resumeflow run`"),
         ("status", cmd_status, "a run's state"),
         ("history", cmd_history, "a run's checkpoints, newest first"),
         ("results", cmd_results, "outputs of a run's completed nodes"),
@@ -240,7 +408,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _open_store(args: argparse.Namespace) -> rf.Engine:
+    """Opens ``--db`` as ``Engine(path)`` does, except that the read-only subcommands never
+    create a store (an absent file is ``NoStore``) and open a store this process cannot write
+    read-only."""
+    path = args.db
+    if args.command in NEEDS_STORE_COMMANDS and not _is_url(path) and not os.path.exists(path):
+        raise NoStore(f"no store at {path} (nothing was created; check --db)")
+    try:
+        return rf.Engine(path)
+    except rf.StoreError:
+        if args.command not in READ_ONLY_COMMANDS or _writable(path):
+            raise
+    return rf.Engine(path, read_only=True)
+
+
+def _writable(path: str) -> bool:
+    """Whether this process may write the store file and create its -wal/-shm files."""
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.access(path, os.W_OK) and os.access(directory, os.W_OK)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    >>> import os, tempfile
+    >>> main(["runs", "--db", os.path.join(tempfile.mkdtemp(), "absent.db"), "--json"])
+    []
+    0
+    """
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -251,7 +451,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return cmd_demo(None, args)
-        with rf.Engine(args.db) as engine:
+        try:
+            engine = _open_store(args)
+        except NoStore as e:
+            if args.command != "runs":
+                raise
+            # `runs` on an absent store: no runs, and no store created.
+            print(f"resumeflow runs: {e}", file=sys.stderr)
+            _emit(args, [], "no runs")
+            return 0
+        with engine:
             return int(args.func(engine, args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -265,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
+    """The ``resumeflow`` console script: ``sys.exit(main())``.
+
+    Example: ``resumeflow runs --db runs.db``.
+    """
     sys.exit(main())
 
 
