@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import _codec, _workers
+from . import _codec, _events, _queue, _workers
 from ._core import (
     CoreEngine,
     CoreRun,
@@ -27,16 +27,23 @@ from ._streaming import Subscription
 from ._workflow import Workflow
 
 
-class Run:
-    """A run executing in the background (returned by ``Engine.start`` and ``resume``)."""
+_ACTIVE_STATUSES = frozenset({"queued", "running", "pending"})
 
-    def __init__(self, engine: Engine, core: CoreRun) -> None:
+
+class Run:
+    """A run executing in the background (returned by ``Engine.start`` and ``resume``), or
+    one that any worker may execute (``Engine.submit``, ``Engine.run_handle``): ``wait``,
+    ``status``, ``interrupt`` and ``cancel`` then go through the store, so they work whichever
+    process or host executes the run."""
+
+    def __init__(self, engine: Engine, core: CoreRun | None, run_id: str | None = None) -> None:
         self._engine = engine
         self._core = core
+        self._id = str(core.id) if core is not None else str(run_id)
 
     @property
     def id(self) -> str:
-        return str(self._core.id)
+        return self._id
 
     def wait(self, timeout: float | None = None) -> RunState:
         """Blocks until the run stops; raises ``TimeoutError`` if ``timeout`` passes first.
@@ -54,6 +61,8 @@ class Run:
         ...     engine.start(wf).wait(timeout=60).status
         'completed'
         """
+        if self._core is None:
+            return self._wait_in_store(timeout)
         try:
             result = self._core.wait(timeout)
         except KeyboardInterrupt:
@@ -64,12 +73,22 @@ class Run:
         state, live = result
         return self._engine._state(state, live)
 
+    def _wait_in_store(self, timeout: float | None) -> RunState:
+        """Waits until the run is no longer queued or running, by whichever worker."""
+        d = self._engine._core.wait_for_end(self.id, timeout)
+        if d is None:
+            raise TimeoutError(f"run {self.id!r} still {self.status} after {timeout} s")
+        return self._engine._state(d)
+
     @property
     def status(self) -> str:
         """The run's committed status now (no output is loaded)."""
         return str(self._engine._core.get_current_state(self.id)["status"])
 
     def done(self) -> bool:
+        """True once the run stopped (ended, paused or cancelled)."""
+        if self._core is None:
+            return self.status not in _ACTIVE_STATUSES
         return bool(self._core.done())
 
     def chunks(self) -> Subscription:
@@ -78,12 +97,21 @@ class Run:
         return Subscription(self.id, lambda: not self.done())
 
     def interrupt(self) -> None:
-        """Lets in-flight nodes finish, then pauses the run."""
-        self._core.interrupt()
+        """Lets in-flight nodes finish, then pauses the run (a queued run pauses at once).
+        Works whichever process executes the run: the request is recorded in the store."""
+        if self._core is not None:
+            self._core.interrupt()
+        else:
+            self._engine._core.request_control(self.id, "interrupt")
 
     def cancel(self) -> None:
-        """Abandons in-flight nodes and marks the run cancelled."""
-        self._core.cancel()
+        """Abandons in-flight nodes and marks the run cancelled (a running node sees
+        ``ctx.cancelled`` and its next ``ctx.heartbeat()`` raises ``rf.Cancelled``). Works
+        whichever process executes the run: the request is recorded in the store."""
+        if self._core is not None:
+            self._core.cancel()
+        else:
+            self._engine._core.request_control(self.id, "cancel")
 
     def __repr__(self) -> str:
         return f"Run({self.id!r})"
@@ -266,6 +294,10 @@ class Engine:
         self._runners: dict[int, Runner] = {}
         #: Handles of the runs this engine started or resumed (``close`` waits for them).
         self._handles: list[CoreRun] = []
+        self._lease_seconds = float(lease_seconds)
+        self._max_concurrency = max_concurrency
+        #: The ``work`` loops running on this engine (``close`` stops them first).
+        self._workers: list[_queue.Worker] = []
 
     def subscribe(self, run_id: str) -> Subscription:
         """Items of ``run_id``'s streaming nodes as this engine's workers yield them, as
@@ -293,10 +325,16 @@ class Engine:
         self._handles.append(core)
         return Run(self, core)
 
-    def _state(self, d: dict[str, Any], live: Mapping[str, Any] | None = None) -> RunState:
+    def _state(self, d: dict[str, Any], live: Mapping[str, Any] | None = None, *, lazy: bool = False) -> RunState:
         labels = d.get("labels")
         if labels and INPUTS_DIGEST_LABEL in labels:
             d = dict(d, labels={k: v for k, v in labels.items() if k != INPUTS_DIGEST_LABEL})
+        if lazy:
+            return RunState._from_core(d, lambda: self._values(d, live))
+        return RunState._from_core(d, self._values(d, live))
+
+    def _values(self, d: dict[str, Any], live: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Decoded outputs of a state dict's completed nodes (live objects where given)."""
         values: dict[str, Any] = {}
         live = live or {}
         for node_id in d["node_order"]:
@@ -309,11 +347,13 @@ class Engine:
                 digest, size = node["output"]
                 try:
                     values[node_id] = _codec.decode(self._core.load_value(digest, size))
-                except SerializationError as e:
+                except (SerializationError, StoreError) as e:
                     # A value this process cannot decode (a codec registered elsewhere, pickle
-                    # not enabled) must not hide the run's state.
+                    # not enabled) or read (its blob file is gone) must not hide the run's
+                    # state; `check_integrity()` reports a missing file, and
+                    # `resume(run_id, wf, rerun=[node_id])` writes it again.
                     values[node_id] = Undecodable(node_id, str(e))
-        return RunState._from_core(d, values)
+        return values
 
     @staticmethod
     def _check_workflow(wf: Any) -> Workflow:
@@ -494,6 +534,108 @@ class Engine:
             )
         return self._track(core)
 
+    # --- queue and workers -----------------------------------------------------------------
+
+    def submit(
+        self,
+        wf: Workflow,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Run:
+        """Records a run with status ``queued`` and returns at once; any worker
+        (``engine.work``, ``resumeflow worker``, in any process sharing the store) claims it,
+        exactly once. The graph and inputs are checked first: a workflow that fails to
+        validate, unknown inputs, a bad or duplicate ``run_id`` raise, and nothing is stored.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> wf = rf.Workflow("submit_doc")
+        >>> @wf.node
+        ... def double(n: int):
+        ...     return 2 * n
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "q.db")) as engine:
+        ...     run = engine.submit(wf, {"n": 21})
+        ...     queued = run.status
+        ...     engine.work([wf], max_runs=1)
+        ...     queued, run.wait(timeout=60).values
+        1
+        ('queued', {'double': 42})
+        """
+        graph = self._check_workflow(wf).validate()
+        encoded = _encode_inputs(inputs)
+        wf.check_inputs(encoded)
+        all_labels = dict(labels) if labels else {}
+        if INPUTS_DIGEST_LABEL in all_labels:
+            raise _invalid("labels", f"{INPUTS_DIGEST_LABEL!r} is reserved by resumeflow")
+        all_labels[INPUTS_DIGEST_LABEL] = _inputs_digest(encoded)
+        submitted = self._core.submit(graph, encoded, run_id=run_id, labels=all_labels)
+        return Run(self, None, submitted)
+
+    def run_handle(self, run_id: str) -> Run:
+        """A handle on any stored run, wherever it executes (``RunNotFound`` if the store
+        has none): ``wait`` reads the store, ``interrupt`` and ``cancel`` are recorded for
+        the worker that holds the run.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "h.db")) as engine:
+        ...     engine.run_handle("nope")
+        Traceback (most recent call last):
+        ...
+        resumeflow.RunNotFound: run "nope" not found in the store
+        """
+        self._core.get_current_state(run_id)  # RunNotFound
+        return Run(self, None, run_id)
+
+    def work(
+        self,
+        workflows: Iterable[Workflow] | Mapping[str, Workflow],
+        *,
+        max_runs: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> int:
+        """Blocks, executing queued runs of ``workflows`` (oldest first; up to the engine's
+        ``max_concurrency`` nodes at a time) and recovering their stale runs (whose worker
+        died), so a pool of workers needs no supervisor. Returns the number of runs it
+        finished once ``max_runs`` were finished, once nothing was queued for
+        ``idle_timeout`` seconds, or when stopped (Ctrl-C, or ``engine.close()`` from
+        another thread). Stopping lets in-flight nodes finish and puts the runs it was
+        executing back in the queue, to continue where they stopped.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> wf = rf.Workflow("work_doc")
+        >>> @wf.node
+        ... def one():
+        ...     return 1
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "w.db")) as engine:
+        ...     engine.work([wf], idle_timeout=0.1)
+        0
+        """
+        if max_runs is not None:
+            max_runs = _count("max_runs", max_runs, 1, hint=" (or None for no limit)")
+        if idle_timeout is not None:
+            if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
+                raise TypeError(f"idle_timeout must be a number of seconds, got {type(idle_timeout).__name__}")
+            if not (math.isfinite(idle_timeout) and idle_timeout >= 0):
+                raise _invalid("idle_timeout", f"must be a number of seconds >= 0, got {idle_timeout}")
+        served = _queue.served_workflows(workflows)
+        for wf in served.values():
+            self._check_workflow(wf)
+        worker = _queue.Worker(
+            self,
+            served,
+            max_runs=max_runs,
+            idle_timeout=idle_timeout,
+            runs_at_once=self._max_concurrency or _queue.DEFAULT_RUNS_AT_ONCE,
+        )
+        self._workers.append(worker)
+        try:
+            return worker.run()
+        except KeyboardInterrupt:
+            return worker.finished
+        finally:
+            self._workers.remove(worker)
+
     def recover(self, workflows: Iterable[Workflow] | Mapping[str, Workflow]) -> list[Run]:
         """Resumes every run left ``running`` by a dead or expired worker, for these workflows."""
         if isinstance(workflows, Mapping):
@@ -512,8 +654,9 @@ class Engine:
         return self._state(self._core.get_current_state(run_id))
 
     def get_partial_results(self, run_id: str) -> dict[str, Any]:
-        """Decoded outputs of the run's completed nodes only."""
-        return {k: _codec.decode(v) for k, v in self._core.get_partial_results(run_id).items()}
+        """Decoded outputs of the run's completed nodes only (a value that cannot be read or
+        decoded is an ``rf.Undecodable`` saying why, as in ``RunState.values``)."""
+        return dict(self.get_current_state(run_id).values)
 
     def save_partial_state(self, run_id: str, node_id: str, state: Any) -> None:
         """Stores a node's own progress (as ``ctx.save_partial_state`` does)."""
@@ -534,13 +677,58 @@ class Engine:
             raise ValueError(f"keep_last must be an int >= 1 (the newest checkpoint is always kept), got {keep_last!r}")
         return int(self._core.cleanup(run_id, keep_last, _older_than(older_than)))
 
-    def list_runs(self, status: str | None = None) -> list[RunState]:
-        """Runs in the store (optionally with this status), oldest first."""
-        return [self._state(d) for d in self._core.list_runs(status)]
+    def list_runs(
+        self,
+        status: str | None = None,
+        *,
+        workflow: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[RunState]:
+        """Runs in the store, oldest first, filtered by ``status``, ``workflow`` and
+        ``labels`` (all must match); ``limit`` and ``after`` (a run id: only runs after it)
+        page through them. No value is read until a state's ``.values`` is used.
 
-    def events(self, run_id: str) -> list[tuple[int, float, str, str | None]]:
-        """The run's event log: ``(seq, at, kind, node_id)``, oldest first."""
-        return list(self._core.events(run_id))
+        >>> import resumeflow as rf, tempfile, os
+        >>> wf = rf.Workflow("list_doc")
+        >>> @wf.node
+        ... def one():
+        ...     return 1
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "l.db")) as engine:
+        ...     _ = [engine.submit(wf, run_id=f"r{i}", labels={"team": "a"}) for i in range(3)]
+        ...     [s.run_id for s in engine.list_runs("queued", labels={"team": "a"}, limit=2, after="r0")]
+        ['r1', 'r2']
+        """
+        if limit is not None:
+            limit = _count("limit", limit, 1, hint=" (or None for every run)")
+        wanted = dict(labels) if labels else None
+        found = self._core.list_runs_filtered(status, workflow, wanted, limit, after)
+        return [self._state(d, lazy=True) for d in found]
+
+    def events(
+        self, run_id: str, after_seq: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, float, str, str | None]] | list[dict[str, Any]]:
+        """The run's event log, oldest first: ``(seq, at, kind, node_id)`` tuples; with
+        ``after_seq`` (a cursor: the last seq seen, 0 for the start) up to ``limit`` (default
+        1000) events after it as dicts ``{"seq", "at", "kind", "node", "data"}`` with the
+        event's typed fields in ``data``. Events a ``cleanup`` compacted are gone: a cursor
+        inside a compacted range gets the ``Compacted`` event (its ``seq`` ends the range)
+        first, then what follows.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> wf = rf.Workflow("events_doc")
+        >>> @wf.node
+        ... def one():
+        ...     return 1
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "e.db")) as engine:
+        ...     _ = engine.run(wf, run_id="e1")
+        ...     [e["kind"] for e in engine.events("e1", after_seq=0, limit=3)]
+        ['RunCreated', 'LeaseAcquired', 'NodeStarted']
+        """
+        if after_seq is None and limit is None:
+            return list(self._core.events(run_id))
+        return _events.typed(self._core.events_after(run_id, after_seq or 0, 1000 if limit is None else limit))
 
     def check_integrity(self) -> str:
         """``PRAGMA integrity_check`` of the store: ``"ok"``, or the problems found.
@@ -563,6 +751,11 @@ class Engine:
         >>> engine.close()
         >>> engine.close()  # closing twice is harmless
         """
+        for worker in list(self._workers):  # a `work` loop in another thread hands back first
+            worker.stop.set()
+        for worker in list(self._workers):
+            while not worker.stopped.wait(0.1):
+                pass
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.interrupt()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from . import _codec
@@ -51,7 +52,8 @@ class NodeState:
 
 @dataclass(frozen=True)
 class RunState:
-    """A run as of its latest committed step."""
+    """A run as of its latest committed step. ``values`` (the outputs of completed nodes) is
+    loaded and decoded on first access: listing runs costs no value decoding."""
 
     run_id: str
     workflow: str
@@ -59,15 +61,22 @@ class RunState:
     nodes: dict[str, NodeState]
     completed: list[str]
     pending: list[str]
-    values: dict[str, Any]
+    _values: Any = field(repr=False, compare=False)
     checkpoint_id: int | None
     error: str | None
     created_at: float
     updated_at: float
     labels: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def values(self) -> dict[str, Any]:
+        """Outputs of the completed nodes, decoded (once, on first access)."""
+        if callable(self._values):
+            object.__setattr__(self, "_values", self._values())
+        return self._values  # type: ignore[no-any-return]
+
     @classmethod
-    def _from_core(cls, d: dict[str, Any], values: dict[str, Any]) -> RunState:
+    def _from_core(cls, d: dict[str, Any], values: dict[str, Any] | Callable[[], dict[str, Any]]) -> RunState:
         nodes = {k: NodeState._from_core(v) for k, v in d["nodes"].items()}
         order = d["node_order"]
         completed = [n for n in order if n in nodes and nodes[n].status == "completed"]
@@ -78,7 +87,7 @@ class RunState:
             nodes=nodes,
             completed=completed,
             pending=[n for n in order if n in nodes and nodes[n].status != "completed"],
-            values=values,
+            _values=values,
             checkpoint_id=d["checkpoint_id"],
             error=d["error"],
             created_at=d["created_at"],

@@ -86,8 +86,12 @@ impl Engine {
                 message: "must be at least 1, or None for no limit".into(),
             });
         }
-        let store = SqliteStore::open(path, options.durability)?;
-        if let Some(bytes) = options.max_store_bytes {
+        let store = if options.read_only {
+            SqliteStore::open_read_only(path)?
+        } else {
+            SqliteStore::open(path, options.durability)?
+        };
+        if let Some(bytes) = options.max_store_bytes.filter(|_| !options.read_only) {
             store.set_max_bytes(bytes)?;
         }
         if let Some(bytes) = options.blob_file_threshold {
@@ -188,6 +192,147 @@ impl Engine {
             .map(|id| (id.to_string(), crate::state::NodeState::default()))
             .collect();
         Ok(self.launch(graph, executor, lease, inputs, nodes, options.until))
+    }
+
+    /// Records a run as `queued` for any worker to claim ([`Engine::claim`]); this engine
+    /// does not execute it unless it claims it. Returns the run id. The graph and inputs
+    /// are validated first: nothing is stored for a run that could not start.
+    pub fn submit(
+        &self,
+        graph: &Graph,
+        inputs: BTreeMap<String, Vec<u8>>,
+        options: StartOptions,
+    ) -> Result<String> {
+        let run_id = match options.run_id {
+            Some(id) => {
+                check_run_id(&id)?;
+                id
+            }
+            None => generated_run_id(graph.name()),
+        };
+        self.check_graph(graph, |name| inputs.contains_key(name), None)?;
+        self.inner.store.submit_run(NewRun {
+            run_id: run_id.clone(),
+            graph: graph.clone(),
+            inputs,
+            labels: options.labels,
+        })?;
+        Ok(run_id)
+    }
+
+    /// Claims the oldest queued run of one of `workflows` (matched by name and structure)
+    /// and starts executing it; `None` if nothing is queued for them. The claim and the
+    /// lease are one transaction, so no two workers ever run the same queued run.
+    pub fn claim(
+        &self,
+        workflows: &[(Arc<Graph>, Arc<dyn NodeExecutor>)],
+    ) -> Result<Option<RunHandle>> {
+        let keys: Vec<(String, String)> = workflows
+            .iter()
+            .map(|(g, _)| (g.name().to_string(), g.structural_hash()))
+            .collect();
+        let Some(lease) = self.inner.store.claim_run(&keys, self.lease_request())? else {
+            return Ok(None);
+        };
+        let stored = self.inner.store.load_run_without_graph(&lease.run_id)?;
+        let (graph, executor) = workflows
+            .iter()
+            .find(|(g, _)| {
+                g.structural_hash() == stored.graph_hash && g.name() == stored.state.workflow
+            })
+            .cloned()
+            .expect("claimed runs match a served workflow");
+        // This engine holds the lease now; the resume takes it again under a new token (the
+        // same owner may) and plans the run from its stored state, so a run a stopping
+        // worker handed back continues where it stopped.
+        match self.resume(&lease.run_id, graph, executor, ResumeOptions::default()) {
+            Ok(handle) => Ok(Some(handle)),
+            Err(e) => {
+                self.release_after_error(&lease);
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks for an interrupt or a cancel of `run_id`, wherever it executes: applied at once
+    /// if this engine runs it or no worker holds it (a queued run), otherwise recorded for
+    /// the worker holding its lease, which applies it at its next control check (well
+    /// under a second) or lease renewal. Returns the run's status after the request.
+    pub fn request_control(
+        &self,
+        run_id: &str,
+        request: crate::control::ControlRequest,
+    ) -> Result<RunStatus> {
+        let local = self
+            .inner
+            .active
+            .lock()
+            .expect("active lock")
+            .get(run_id)
+            .cloned();
+        if let Some(handle) = local {
+            apply_control(&handle, request);
+            return Ok(RunStatus::Running);
+        }
+        self.inner.store.request_control(run_id, request)
+    }
+
+    /// Puts a paused run that no worker holds back in the queue (what a worker does with
+    /// the runs it paused while stopping); false if the run is not paused.
+    pub fn requeue(&self, run_id: &str) -> Result<bool> {
+        self.inner.store.requeue_run(run_id)
+    }
+
+    /// Blocks until `run_id` is no longer queued or running (by any worker, in any
+    /// process), or `timeout` passes (then `None`); returns its state.
+    pub fn wait_for_end(
+        &self,
+        run_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Option<RunState>> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let mut marker = 0;
+        loop {
+            let state = self.inner.store.load_run_without_graph(run_id)?.state;
+            if !matches!(
+                state.status,
+                RunStatus::Queued | RunStatus::Running | RunStatus::Pending
+            ) {
+                return Ok(Some(self.get_current_state(run_id)?));
+            }
+            let wait = match deadline {
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    (d - now).min(Duration::from_millis(250))
+                }
+                None => Duration::from_millis(250),
+            };
+            marker = self.inner.store.wait_for_change(marker, wait)?;
+        }
+    }
+
+    /// Up to `limit` events of `run_id` after `after_seq`, oldest first.
+    pub fn events_after(&self, run_id: &str, after_seq: i64, limit: usize) -> Result<Vec<Event>> {
+        self.inner.store.events_after(run_id, after_seq, limit)
+    }
+
+    /// Runs matching `filter` (no value is loaded).
+    pub fn list_runs_filtered(&self, filter: &crate::store::RunFilter) -> Result<Vec<RunState>> {
+        Ok(self
+            .inner
+            .store
+            .list_runs_filtered(filter)?
+            .into_iter()
+            .map(|r| r.state)
+            .collect())
+    }
+
+    /// Blocks until the store changed since marker `seen` or `timeout`; the new marker.
+    pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> Result<u64> {
+        self.inner.store.wait_for_change(seen, timeout)
     }
 
     /// Runs `until` and its ancestors, then leaves the run `paused`. With `run_id` naming an
@@ -628,16 +773,29 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// Renews the leases of active runs every third of the lease time; tells a run's scheduler
-/// to stop if its lease was lost.
+/// Hands a control request to a run this engine executes.
+fn apply_control(handle: &RunHandle, request: crate::control::ControlRequest) {
+    match request {
+        crate::control::ControlRequest::Interrupt => handle.interrupt(),
+        crate::control::ControlRequest::Cancel => handle.cancel(),
+    }
+}
+
+/// How often the lease keeper looks for control requests from other processes.
+const CONTROL_CHECK: Duration = Duration::from_millis(250);
+
+/// Renews the leases of active runs every third of the lease time (telling a run's
+/// scheduler to stop if its lease was lost), and applies control requests recorded for
+/// them by other processes every [`CONTROL_CHECK`].
 fn spawn_lease_keeper(inner: Weak<EngineInner>) {
     let period = inner
         .upgrade()
         .map_or(Duration::from_secs(10), |i| i.options.lease_ttl / 3)
         .max(Duration::from_millis(50));
     runtime().spawn(async move {
+        let mut last_renewal = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(period).await;
+            tokio::time::sleep(period.min(CONTROL_CHECK)).await;
             let Some(engine) = inner.upgrade() else {
                 return;
             };
@@ -651,6 +809,21 @@ fn spawn_lease_keeper(inner: Weak<EngineInner>) {
             if handles.is_empty() {
                 continue;
             }
+            let ids: Vec<String> = handles.iter().map(|h| h.id().to_string()).collect();
+            let store = engine.store.clone();
+            if let Ok(Ok(requests)) =
+                tokio::task::spawn_blocking(move || store.pending_controls(&ids)).await
+            {
+                for (run_id, request) in requests {
+                    if let Some(h) = handles.iter().find(|h| h.id() == run_id) {
+                        apply_control(h, request);
+                    }
+                }
+            }
+            if last_renewal.elapsed() < period {
+                continue;
+            }
+            last_renewal = tokio::time::Instant::now();
             // A run with a node that stopped heart-beating is left to expire, so that another
             // worker can recover it (this one may be hung).
             let leases: Vec<Lease> = handles

@@ -110,7 +110,7 @@ pub enum Error {
     },
     #[error("run {run_id:?} lost its lease (fencing token {token} is stale): another worker took it over; this worker stopped writing")]
     LeaseLost { run_id: String, token: i64 },
-    #[error("run {run_id:?} was started by workflow {stored:?} with a different structure ({detail}); resume it with the same node ids and wiring, or allow the mismatch explicitly")]
+    #[error("run {run_id:?} was started by workflow {stored:?} with a different structure ({detail}); resume it with the same node ids and wiring, start a new run, or allow the mismatch explicitly with allow_mismatch=True (CLI: resumeflow resume RUN_ID --allow-mismatch) if the completed nodes' outputs still fit the new graph")]
     WorkflowMismatch {
         run_id: String,
         stored: String,

@@ -95,6 +95,8 @@ pub enum EventKind {
         checkpoint_id: i64,
     },
     RunPaused,
+    /// Submitted (or handed back by a stopping worker) for any worker to claim.
+    RunQueued,
     RunCompleted,
     RunFailed {
         error: String,
@@ -125,6 +127,7 @@ impl EventKind {
             Self::CheckpointCommitted { .. } => "CheckpointCommitted",
             Self::Rewound { .. } => "Rewound",
             Self::RunPaused => "RunPaused",
+            Self::RunQueued => "RunQueued",
             Self::RunCompleted => "RunCompleted",
             Self::RunFailed { .. } => "RunFailed",
             Self::RunCancelled => "RunCancelled",

@@ -20,6 +20,11 @@ pub struct EngineOptions {
     /// Values whose stored form is at least this large live in files beside the database
     /// (`None`: 64 MiB).
     pub blob_file_threshold: Option<u64>,
+    /// Open an existing store for reading only ([`SqliteStore::open_read_only`]): for
+    /// inspecting a store this process may not write.
+    ///
+    /// [`SqliteStore::open_read_only`]: crate::SqliteStore::open_read_only
+    pub read_only: bool,
 }
 
 impl Default for EngineOptions {
@@ -31,6 +36,7 @@ impl Default for EngineOptions {
             lease_ttl: Duration::from_secs(30),
             max_store_bytes: None,
             blob_file_threshold: None,
+            read_only: false,
         }
     }
 }

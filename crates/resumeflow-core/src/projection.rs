@@ -140,6 +140,7 @@ impl RunProjection {
                 self.head_checkpoint = Some(*checkpoint_id);
             }
             EventKind::RunPaused => self.status = RunStatus::Paused,
+            EventKind::RunQueued => self.status = RunStatus::Queued,
             EventKind::RunCompleted => self.status = RunStatus::Completed,
             EventKind::RunCancelled => self.status = RunStatus::Cancelled,
             EventKind::RunFailed { error } => {

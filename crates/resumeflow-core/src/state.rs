@@ -78,6 +78,7 @@ string_enum!(
     RunStatus {
         Pending => "pending",
         Running => "running",
+        Queued => "queued",
         Paused => "paused",
         Completed => "completed",
         Failed => "failed",

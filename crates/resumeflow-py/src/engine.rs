@@ -133,7 +133,7 @@ fn executor(runner: Py<PyAny>) -> Arc<dyn NodeExecutor> {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (path, max_concurrency=None, durability="sync", resources=None, lease_seconds=30.0, max_store_bytes=None, blob_file_threshold=None))]
+    #[pyo3(signature = (path, max_concurrency=None, durability="sync", resources=None, lease_seconds=30.0, max_store_bytes=None, blob_file_threshold=None, read_only=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -144,6 +144,7 @@ impl PyEngine {
         lease_seconds: f64,
         max_store_bytes: Option<u64>,
         blob_file_threshold: Option<u64>,
+        read_only: bool,
     ) -> PyResult<Self> {
         if max_concurrency == Some(0) {
             return Err(to_py(resumeflow_core::Error::InvalidArgument {
@@ -164,6 +165,7 @@ impl PyEngine {
             lease_ttl: Duration::from_secs_f64(lease_seconds),
             max_store_bytes,
             blob_file_threshold,
+            read_only,
         };
         let engine = detached(py, || Engine::open(&path, options))?;
         Ok(Self { engine })
@@ -354,6 +356,159 @@ impl PyEngine {
             list.append(state_dict(py, run)?)?;
         }
         Ok(list)
+    }
+
+    /// Records a run as `queued`; returns its id.
+    #[pyo3(signature = (graph, inputs, run_id=None, labels=None))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        graph: &PyGraph,
+        inputs: &Bound<'_, PyDict>,
+        run_id: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> PyResult<String> {
+        let inputs = bytes_map(Some(inputs))?;
+        let graph = graph.graph.clone();
+        let options = StartOptions {
+            run_id,
+            until: None,
+            labels: labels.unwrap_or_default(),
+        };
+        detached(py, || self.engine.submit(&graph, inputs, options))
+    }
+
+    /// Claims and starts the oldest queued run of `workflows` (`[(CoreGraph, runner)]`);
+    /// None if none is queued.
+    fn claim(
+        &self,
+        py: Python<'_>,
+        workflows: Vec<(PyRef<'_, PyGraph>, Py<PyAny>)>,
+    ) -> PyResult<Option<PyRun>> {
+        let served: Vec<(Arc<Graph>, Arc<dyn NodeExecutor>)> = workflows
+            .into_iter()
+            .map(|(g, runner)| (g.graph.clone(), executor(runner)))
+            .collect();
+        let handle = detached(py, || self.engine.claim(&served))?;
+        Ok(handle.map(|handle| PyRun { handle }))
+    }
+
+    /// Asks the run's worker (any process) to `"interrupt"` or `"cancel"` it; returns the
+    /// run's status after the request.
+    fn request_control(&self, py: Python<'_>, run_id: &str, kind: &str) -> PyResult<String> {
+        let request = resumeflow_core::control::ControlRequest::parse(kind).ok_or_else(|| {
+            to_py(resumeflow_core::Error::InvalidArgument {
+                field: "kind".into(),
+                message: format!(
+                    "{kind:?} is not a control request: use \"interrupt\" or \"cancel\""
+                ),
+            })
+        })?;
+        let status = detached(py, || self.engine.request_control(run_id, request))?;
+        Ok(status.as_str().to_string())
+    }
+
+    /// Puts a paused, unheld run back in the queue; False if it is not paused.
+    fn requeue(&self, py: Python<'_>, run_id: &str) -> PyResult<bool> {
+        detached(py, || self.engine.requeue(run_id))
+    }
+
+    /// Waits (GIL released) until the run is no longer queued or running, by whichever
+    /// worker; its state dict, or None on timeout.
+    #[pyo3(signature = (run_id, timeout=None))]
+    fn wait_for_end<'py>(
+        &self,
+        py: Python<'py>,
+        run_id: &str,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let deadline =
+            timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        // In slices, so that Ctrl-C is noticed between them.
+        loop {
+            let slice = match deadline {
+                Some(d) => d
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(Duration::from_millis(200)),
+                None => Duration::from_millis(200),
+            };
+            let state = detached(py, || self.engine.wait_for_end(run_id, Some(slice)))?;
+            if let Some(state) = state {
+                return state_dict(py, &state).map(Some);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Up to `limit` events after `after_seq`: `(seq, at, kind, node_id, payload)` tuples,
+    /// `payload` being the event's fields as msgpack (a map keyed by the kind).
+    #[pyo3(signature = (run_id, after_seq=0, limit=1000))]
+    fn events_after<'py>(
+        &self,
+        py: Python<'py>,
+        run_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> PyResult<Vec<(i64, f64, String, Option<String>, Bound<'py, PyBytes>)>> {
+        let events = detached(py, || self.engine.events_after(run_id, after_seq, limit))?;
+        Ok(events
+            .into_iter()
+            .map(|e| {
+                (
+                    e.seq,
+                    e.at,
+                    e.kind.name().to_string(),
+                    e.kind.node().map(str::to_string),
+                    PyBytes::new(py, &e.kind.encode()),
+                )
+            })
+            .collect())
+    }
+
+    /// Runs matching the filters, as state dicts (no value is loaded).
+    #[pyo3(signature = (status=None, workflow=None, labels=None, limit=None, after=None))]
+    fn list_runs_filtered<'py>(
+        &self,
+        py: Python<'py>,
+        status: Option<&str>,
+        workflow: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+        limit: Option<usize>,
+        after: Option<String>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let status = status
+            .map(|s| {
+                RunStatus::parse(s).ok_or_else(|| {
+                    to_py(resumeflow_core::Error::InvalidArgument {
+                        field: "status".into(),
+                        message: format!("{s:?} is not a run status"),
+                    })
+                })
+            })
+            .transpose()?;
+        let filter = resumeflow_core::store::RunFilter {
+            status,
+            workflow,
+            labels: labels.unwrap_or_default(),
+            limit,
+            after,
+        };
+        let runs = detached(py, || self.engine.list_runs_filtered(&filter))?;
+        let list = PyList::empty(py);
+        for run in &runs {
+            list.append(state_dict(py, run)?)?;
+        }
+        Ok(list)
+    }
+
+    /// Waits (GIL released) up to `timeout` seconds for the store to change after marker
+    /// `seen`; returns the new marker.
+    fn wait_for_change(&self, py: Python<'_>, seen: u64, timeout: f64) -> PyResult<u64> {
+        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        detached(py, || self.engine.wait_for_change(seen, timeout))
     }
 
     /// Resumes crashed runs; `workflows` maps a workflow name to `(CoreGraph, runner)`.

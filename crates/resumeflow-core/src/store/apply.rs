@@ -264,6 +264,8 @@ impl EventAppender<'_> {
                 }
             }
             EventKind::LeaseReleased { .. } => {
+                // A request to the worker that held the lease is settled (or moot) now.
+                crate::store::queue::settle_controls(self.conn, self.path, &run_id)?;
                 self.head.lease_owner = None;
                 self.head.lease_expires = 0.0;
             }
@@ -358,7 +360,7 @@ impl EventAppender<'_> {
     }
 }
 
-fn append_all(
+pub(super) fn append_all(
     conn: &Connection,
     path: &Path,
     head: RunHead,
@@ -521,6 +523,12 @@ pub fn create(
     request: &LeaseRequest,
     now: f64,
 ) -> Result<Lease> {
+    insert_run(conn, path, run, now)?;
+    acquire(conn, path, &run.run_id, request, Vec::new(), now)
+}
+
+/// Inserts a new run with its `RunCreated` event (and no lease).
+pub fn insert_run(conn: &Connection, path: &Path, run: &NewRun, now: f64) -> Result<()> {
     let exists: Option<i64> = conn
         .prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
         .and_then(|mut st| st.query_row([&run.run_id], |r| r.get(0)).optional())
@@ -574,8 +582,7 @@ pub fn create(
             ..RunBatch::default()
         },
         now,
-    )?;
-    acquire(conn, path, &run.run_id, request, Vec::new(), now)
+    )
 }
 
 /// Run inputs are stored as a msgpack map of binary values.

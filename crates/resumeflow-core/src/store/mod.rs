@@ -7,6 +7,7 @@
 mod apply;
 pub mod blob_files;
 mod checkpoints;
+pub(crate) mod queue;
 mod schema;
 mod sqlite;
 mod threads_sqlite;
@@ -212,6 +213,19 @@ pub struct StoredRun {
     pub last_seq: i64,
 }
 
+/// Which runs [`Store::list_runs_filtered`] returns: all filters must match; runs come
+/// oldest first (`created_at`, then `run_id`), at most `limit`, after the run `after`.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub workflow: Option<String>,
+    /// Labels the run must carry with these values.
+    pub labels: BTreeMap<String, String>,
+    pub limit: Option<usize>,
+    /// Keyset paging: only runs after this run id in the order above.
+    pub after: Option<String>,
+}
+
 /// What a `cleanup` call should delete.
 #[derive(Debug, Clone)]
 pub struct CleanupRequest {
@@ -257,6 +271,42 @@ pub trait Store: Send + Sync + 'static {
             .blocking_recv()
             .unwrap_or(Err(crate::Error::Shutdown))
     }
+    /// Records a new run as `queued` without taking its lease (`RunExists` if the id is
+    /// taken); a worker claims it with [`Store::claim_run`].
+    fn submit_run(&self, run: NewRun) -> Result<()>;
+    /// Takes the lease of the oldest queued run whose `(workflow name, structural hash)` is
+    /// in `workflows`, atomically (no two workers ever claim one run); `None` if none is
+    /// queued. On PostgreSQL: `SELECT … FOR UPDATE SKIP LOCKED` in the same transaction.
+    fn claim_run(
+        &self,
+        workflows: &[(String, String)],
+        lease: LeaseRequest,
+    ) -> Result<Option<Lease>>;
+    /// Records an interrupt or cancel for the run's lease holder, or ends a run no worker
+    /// holds (queued, paused) at once; returns the run's status after the request.
+    fn request_control(
+        &self,
+        run_id: &str,
+        request: crate::control::ControlRequest,
+    ) -> Result<RunStatus>;
+    /// The requests recorded for any of `run_ids` (read by the lease holder).
+    fn pending_controls(
+        &self,
+        run_ids: &[String],
+    ) -> Result<Vec<(String, crate::control::ControlRequest)>>;
+    /// Puts a paused run no worker holds back in the queue; false if it is not paused.
+    fn requeue_run(&self, run_id: &str) -> Result<bool>;
+    /// Up to `limit` events with `seq > after_seq`, oldest first (see `docs/queue.md` for
+    /// a cursor inside a range `cleanup` compacted).
+    fn events_after(&self, run_id: &str, after_seq: i64, limit: usize) -> Result<Vec<Event>>;
+    /// Runs matching `filter`.
+    fn list_runs_filtered(&self, filter: &RunFilter) -> Result<Vec<StoredRun>>;
+    /// A marker of the store's committed content: it differs from `seen` once anything was
+    /// committed since, by this process or another. Blocks up to `timeout` for that to
+    /// happen (woken at once by this process's commits; other processes' are noticed within
+    /// a few milliseconds); returns the current marker either way.
+    fn wait_for_change(&self, seen: u64, timeout: std::time::Duration) -> Result<u64>;
+
     /// Commits the batch that ends a run after one of its writes was refused (a full store,
     /// a failing disk): later batches of a lease whose batch was refused are refused too,
     /// except this one, which may also use space the store keeps in reserve for it. Fenced

@@ -17,6 +17,8 @@
 //! - `partial_states`: a node's own saved progress.
 //! - `partial_segments` (version 5): items a streaming node saved with its cursor, one row
 //!   per save, keyed by the index of the segment's first item.
+//! - `control_requests` (version 5): the interrupt or cancel asked of a run's executing
+//!   worker, read at its lease renewals; removed when the lease is released.
 //! - `compaction_refs`: values referenced by a run's `Compacted` event (kept by blob GC).
 //! - `thread_checkpoints`, `thread_channel_values`, `thread_writes`, `thread_values`
 //!   (version 2): checkpoints of external graph frameworks (the LangGraph saver), see
@@ -39,7 +41,9 @@ pub const SCHEMA_VERSION: i64 = 5;
 /// index 3 (version 4) gives `blobs` a `location` (0 in the row, 1 in a blob file beside the
 /// database, see `store::blob_files`) and a `codec` (0 raw, 1 zstd); index 4 (version 5)
 /// adds `partial_segments`: the items a streaming node saved with its cursor, appended one
-/// segment per save (keyed by the index of the segment's first item) instead of rewritten.
+/// segment per save (keyed by the index of the segment's first item) instead of rewritten,
+/// `control_requests` (interrupt/cancel asked of the worker holding a run's lease, from any
+/// process) and the `runs_queue` index of queued runs, oldest first.
 const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE runs (
@@ -188,6 +192,12 @@ CREATE TABLE partial_segments (
     data    BLOB NOT NULL,
     PRIMARY KEY (run_id, node_id, first)
 ) WITHOUT ROWID;
+CREATE TABLE control_requests (
+    run_id       TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    requested_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX runs_queue ON runs(created_at, run_id) WHERE status = 'queued';
 ",
 ];
 

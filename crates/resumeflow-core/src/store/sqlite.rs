@@ -26,6 +26,9 @@ use super::{
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often [`Store::wait_for_change`] looks for other processes' commits.
+const CHANGE_POLL: Duration = Duration::from_millis(20);
+
 /// The embedded store: one writer thread (group commit) and one reader connection.
 pub struct SqliteStore {
     pub(super) path: PathBuf,
@@ -108,14 +111,43 @@ fn with_size(conn: &Connection, error: Error, max_bytes: u64) -> Error {
 }
 
 fn connect(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
+    connect_with(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| unusable(path, format!("cannot open: {e}")))?;
+}
+
+fn connect_with(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| unusable(path, format!("cannot open: {e}")))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sql(path))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// A read-only connection to an existing store. A WAL store needs its `-shm` file: where it
+/// is missing and cannot be created (a read-only directory), the file is opened `immutable`
+/// (nobody can be writing it then; a leftover `-wal` would be ignored).
+fn connect_read_only(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = connect_with(path, flags)?;
+    if conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .is_ok()
+    {
+        return Ok(conn);
+    }
+    drop(conn);
+    let escaped = path
+        .display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23");
+    let uri = format!("file:{escaped}?immutable=1");
+    connect_with(Path::new(&uri), flags | OpenFlags::SQLITE_OPEN_URI)
 }
 
 /// Creates the file with mode 0600 if it does not exist (SQLite gives its -wal and -shm
@@ -212,6 +244,61 @@ impl SqliteStore {
             .map_err(sql(&path))?;
         Ok(Self {
             writer: Writer::spawn(writer_conn, path.clone(), durability),
+            reader: Mutex::new(Some(reader)),
+            poisoned: Arc::default(),
+            files: Arc::new(BlobFiles::new(&path)),
+            orphan_grace_s: AtomicU64::new(DEFAULT_ORPHAN_GRACE_S),
+            max_bytes: Arc::default(),
+            path,
+        })
+    }
+
+    /// Opens an existing store for reading only (for a file this process may not write):
+    /// nothing is created, migrated or written, and every write fails with a `StoreError`.
+    /// A missing file, a foreign or newer database, or an older schema (which would need a
+    /// migration) is a `StoreError`, and the file is left untouched.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if !path.is_file() {
+            return Err(unusable(
+                &path,
+                "no store file here (a read-only open creates nothing)",
+            ));
+        }
+        let writer_conn = connect_read_only(&path)?;
+        let existing = schema::inspect(&writer_conn)
+            .map_err(|e| unusable(&path, format!("not a usable SQLite database: {e}")))?;
+        match existing {
+            Existing::Version(v) if v == SCHEMA_VERSION => {}
+            Existing::Version(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::NewerSchema {
+                    path,
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                }
+                .into());
+            }
+            Existing::Version(v) => {
+                return Err(unusable(
+                    &path,
+                    format!("has schema version {v}, older than {SCHEMA_VERSION}: open it once with write access to migrate it"),
+                ));
+            }
+            Existing::Empty => return Err(unusable(&path, "is empty, not a resumeflow store")),
+            Existing::Foreign => {
+                return Err(unusable(
+                    &path,
+                    "is a SQLite database but not a resumeflow store",
+                ));
+            }
+        }
+        let reader = connect_read_only(&path)?;
+        reader
+            .execute_batch("PRAGMA query_only = 1;")
+            .map_err(sql(&path))?;
+        Ok(Self {
+            // Every write the writer is asked for fails with SQLITE_READONLY (a StoreError).
+            writer: Writer::spawn(writer_conn, path.clone(), Durability::Off),
             reader: Mutex::new(Some(reader)),
             poisoned: Arc::default(),
             files: Arc::new(BlobFiles::new(&path)),
@@ -571,6 +658,119 @@ impl Store for SqliteStore {
             }
             apply::acquire(conn, &path, &run_id, &lease, events, at)
         })
+    }
+
+    fn submit_run(&self, run: NewRun) -> Result<()> {
+        let path = self.path.clone();
+        self.writer
+            .call(move |conn, at| super::queue::submit(conn, &path, &run, at))
+    }
+
+    fn claim_run(
+        &self,
+        workflows: &[(String, String)],
+        lease: LeaseRequest,
+    ) -> Result<Option<Lease>> {
+        if !self.read(|conn| super::queue::any_queued(conn, &self.path, workflows))? {
+            return Ok(None);
+        }
+        let path = self.path.clone();
+        let workflows = workflows.to_vec();
+        self.writer
+            .call(move |conn, at| super::queue::claim(conn, &path, &workflows, &lease, at))
+    }
+
+    fn request_control(
+        &self,
+        run_id: &str,
+        request: crate::control::ControlRequest,
+    ) -> Result<RunStatus> {
+        let path = self.path.clone();
+        let run_id = run_id.to_string();
+        self.writer
+            .call(move |conn, at| super::queue::request_control(conn, &path, &run_id, request, at))
+    }
+
+    fn pending_controls(
+        &self,
+        run_ids: &[String],
+    ) -> Result<Vec<(String, crate::control::ControlRequest)>> {
+        self.read(|conn| super::queue::pending_controls(conn, &self.path, run_ids))
+    }
+
+    fn requeue_run(&self, run_id: &str) -> Result<bool> {
+        let path = self.path.clone();
+        let run_id = run_id.to_string();
+        self.writer
+            .call(move |conn, at| super::queue::requeue(conn, &path, &run_id, at))
+    }
+
+    fn events_after(&self, run_id: &str, after_seq: i64, limit: usize) -> Result<Vec<Event>> {
+        self.read(|conn| {
+            self.require_run(conn, run_id)?;
+            super::queue::events_after(conn, &self.path, run_id, after_seq, limit)
+        })
+    }
+
+    fn list_runs_filtered(&self, filter: &super::RunFilter) -> Result<Vec<StoredRun>> {
+        self.read(|conn| {
+            let map = sql(&self.path);
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT run_id FROM runs
+                      WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2)
+                        AND (?3 IS NULL OR (created_at, run_id) >
+                             (SELECT created_at, run_id FROM runs WHERE run_id = ?3))
+                      ORDER BY created_at, run_id",
+                )
+                .map_err(&map)?;
+            let ids = st
+                .query_map(
+                    rusqlite::params![
+                        filter.status.map(RunStatus::as_str),
+                        filter.workflow,
+                        filter.after
+                    ],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(&map)?;
+            let mut out = Vec::new();
+            for id in ids {
+                if filter.limit.is_some_and(|limit| out.len() >= limit) {
+                    break;
+                }
+                let run = self.stored_run(conn, &id.map_err(&map)?, true)?;
+                let labelled = filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| run.state.labels.get(k) == Some(v));
+                if labelled {
+                    out.push(run);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn wait_for_change(&self, seen: u64, timeout: Duration) -> Result<u64> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let local = self.writer.commits();
+            let marker = self.read(|conn| {
+                let version: i64 = conn
+                    .query_row("PRAGMA data_version", [], |r| r.get(0))
+                    .map_err(sql(&self.path))?;
+                Ok((version as u64) << 32 ^ local)
+            })?;
+            let now = std::time::Instant::now();
+            if marker != seen || now >= deadline {
+                return Ok(marker);
+            }
+            // This process's commits wake the wait at once; other processes' are seen
+            // through `data_version` at the next poll.
+            let poll = (deadline - now).min(CHANGE_POLL);
+            self.writer.wait_for_commit(local, poll);
+        }
     }
 
     fn commit_after_refusal(&self, batch: RunBatch) -> Result<()> {

@@ -73,6 +73,10 @@ struct Shared {
     /// The write connection: whoever holds it commits everything queued (the leader).
     conn: Mutex<Option<Connection>>,
     path: PathBuf,
+    /// Group transactions committed so far (the in-process change feed's clock).
+    commits: Mutex<u64>,
+    /// Notified after every group transaction.
+    committed: Condvar,
 }
 
 impl Shared {
@@ -102,6 +106,8 @@ impl Shared {
             return;
         };
         commit_group(conn, &self.path, jobs);
+        *self.commits.lock().expect("commit counter") += 1;
+        self.committed.notify_all();
     }
 }
 
@@ -130,6 +136,8 @@ impl Writer {
             wake: Condvar::new(),
             conn: Mutex::new(Some(conn)),
             path,
+            commits: Mutex::new(0),
+            committed: Condvar::new(),
         });
         let background = shared.clone();
         let thread = std::thread::Builder::new()
@@ -141,6 +149,20 @@ impl Writer {
             thread: Mutex::new(Some(thread)),
             durability,
         }
+    }
+
+    /// Group transactions this writer finished (committed or rolled back) so far.
+    pub fn commits(&self) -> u64 {
+        *self.shared.commits.lock().expect("commit counter")
+    }
+
+    /// Blocks until the writer finishes a transaction after the `seen`th, or `timeout`.
+    pub fn wait_for_commit(&self, seen: u64, timeout: std::time::Duration) {
+        let guard = self.shared.commits.lock().expect("commit counter");
+        let _ = self
+            .shared
+            .committed
+            .wait_timeout_while(guard, timeout, |n| *n == seen);
     }
 
     /// Queues `work` (waking the background thread if `wake`); returns its receiver, on
