@@ -341,18 +341,18 @@ class Engine:
             node = d["nodes"].get(node_id)
             if node is None or node["status"] != "completed" or node["output"] is None:
                 continue
-            if node_id in live:
-                values[node_id] = live[node_id]
-            else:
-                digest, size = node["output"]
-                try:
+            try:
+                if node_id in live:  # output of this process: a fresh copy unless immutable
+                    values[node_id] = _codec.from_handover(live[node_id])
+                else:
+                    digest, size = node["output"]
                     values[node_id] = _codec.decode(self._core.load_value(digest, size))
-                except (SerializationError, StoreError) as e:
-                    # A value this process cannot decode (a codec registered elsewhere, pickle
-                    # not enabled) or read (its blob file is gone) must not hide the run's
-                    # state; `check_integrity()` reports a missing file, and
-                    # `resume(run_id, wf, rerun=[node_id])` writes it again.
-                    values[node_id] = Undecodable(node_id, str(e))
+            except (SerializationError, StoreError) as e:
+                # A value this process cannot decode (a codec registered elsewhere, pickle
+                # not enabled) or read (its blob file is gone) must not hide the run's
+                # state; `check_integrity()` reports a missing file, and
+                # `resume(run_id, wf, rerun=[node_id])` writes it again.
+                values[node_id] = Undecodable(node_id, str(e))
         return values
 
     @staticmethod

@@ -103,7 +103,12 @@ class Runner:
         kwargs: dict[str, Any] = {}
         try:
             for param, live, raw in inputs:
-                kwargs[param] = live if raw is None else _codec.decode(raw)
+                # A mutable output is decoded afresh for every dependant (its own copy, equal
+                # to what a resume gives); immutables, tensors and arrays are shared.
+                kwargs[param] = (
+                    _codec.from_handover(live) if raw is None
+                    else _codec.decode(raw, node=node_id, what=f"input {param!r}")
+                )
             override = _codec.decode(inputs_override) if inputs_override else {}
             kwargs.update(override)
             streaming = node.is_generator or node.is_async_generator
@@ -117,16 +122,18 @@ class Runner:
                     kwargs[name] = NodeContext(core_ctx)
                 result = self._call(node, kwargs, core_ctx)
             # A stream's items are stored as one compressed bundle.
-            if streaming:
-                return (True, _codec.encode(result, node=node_id), result, True)
             parts = _codec.encode_parts(result, node=node_id)
+            # What dependants in this process get: see _codec.live_handover.
+            live = _codec.live_handover(result, parts)
+            if streaming:
+                return (True, parts[0] if len(parts) == 1 else list(parts), live, True)
             if len(parts) > 1 and _codec.parts_size(parts) >= _STAGE_MIN:
                 # Large: the tensor memory goes straight to a blob file from this thread.
                 staged = core_ctx.stage_file(parts)
                 if staged is not None:
-                    return (True, staged, result, False)
+                    return (True, staged, live, False)
             # Several parts are joined by the core in one copy (no joined `bytes` here).
-            return (True, parts[0] if len(parts) == 1 else list(parts), result, False)
+            return (True, parts[0] if len(parts) == 1 else list(parts), live, False)
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, even SystemExit
             return self._failure(node, kwargs, exc)
 

@@ -2,6 +2,7 @@
 
     python chaos_child.py start DB RUN_PREFIX COUNT
     python chaos_child.py recover DB
+    python chaos_child.py work DB      (a queue worker: claims submitted runs until killed)
 Prints "ready" once its engine is open (the driver kills it at a random instant after that).
 """
 
@@ -16,8 +17,13 @@ from chaos_workflows import BLOB_FILE_THRESHOLD, WORKFLOWS
 def main() -> None:
     mode, db = sys.argv[1], sys.argv[2]
     names = sorted(WORKFLOWS)
-    with rf.Engine(db, lease_seconds=30.0, blob_file_threshold=BLOB_FILE_THRESHOLD) as engine:
+    # Queue workers use short leases: a killed worker's runs are recovered by the others.
+    lease = 2.0 if mode == "work" else 30.0
+    with rf.Engine(db, lease_seconds=lease, blob_file_threshold=BLOB_FILE_THRESHOLD) as engine:
         print("ready", flush=True)
+        if mode == "work":
+            engine.work(WORKFLOWS)
+            return
         if mode == "start":
             prefix, count = sys.argv[3], int(sys.argv[4])
             runs = [
