@@ -12,7 +12,6 @@ import threading
 import time
 
 import pytest
-
 import resumeflow as rf
 
 
@@ -220,7 +219,7 @@ def test_blob_directories_are_private_whatever_the_umask(db):
     finally:
         os.umask(old)
     seen = 0
-    for root, dirs, files in os.walk(db + ".blobs"):
+    for root, _dirs, files in os.walk(db + ".blobs"):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o700, root
         for name in files:
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600, name

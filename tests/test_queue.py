@@ -10,10 +10,9 @@ import threading
 import time
 
 import pytest
+import resumeflow as rf
 from conftest import spawn, wait_for
 from rf_pool_workflows import executions, expected, five, orphan
-
-import resumeflow as rf
 
 
 def worker(db: str, *, idle: float = 3.0, env: dict[str, str] | None = None, lease: float = 30.0):
@@ -44,7 +43,7 @@ def test_four_workers_run_300_queued_runs_each_node_exactly_once(db, ledger):
         assert len(engine.list_runs("queued")) == 300
     workers = [worker(db) for _ in range(4)]
     outs = [w.communicate(timeout=300) for w in workers]
-    for w, (out, err) in zip(workers, outs, strict=True):
+    for w, (_out, err) in zip(workers, outs, strict=True):
         assert w.returncode == 0, err
     finished = [int(out.split()[-1]) for out, _ in outs]
     assert sum(finished) == 300, finished

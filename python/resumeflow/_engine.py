@@ -26,7 +26,6 @@ from ._state import Checkpoint, RunState, Undecodable
 from ._streaming import Subscription
 from ._workflow import Workflow
 
-
 _ACTIVE_STATUSES = frozenset({"queued", "running", "pending"})
 
 

@@ -108,7 +108,8 @@ class Worker:
                 if now >= next_recover and self._room():
                     next_recover = now + self.recover_every
                     for run in self.engine.recover(self.workflows):
-                        self._take(run._core)
+                        if run._core is not None:
+                            self._take(run._core)
                 while self._room():
                     claimed = core.claim(self.served)
                     if claimed is None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import _codec
