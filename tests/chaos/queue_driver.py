@@ -100,8 +100,11 @@ def queue_campaign(kills_target: int, *, workers: int = 3, seed: int = 0, runs_p
                     status = engine.check_integrity()
                     if status != "ok":
                         report.violations.append(f"integrity_check: {status}")
-                    seen = len(ledger.read_text().splitlines())
+                    # Workers keep running while we look: read the states first, then the
+                    # ledger, so an entry past `seen` was written after the node was seen
+                    # completed (a real re-execution), never before its completing commit.
                     states = [engine.get_current_state(r) for r in ids]
+                    seen = len(ledger.read_text().splitlines())
                     for state in states:
                         for node, ns in state.nodes.items():
                             key = (state.run_id, node)
