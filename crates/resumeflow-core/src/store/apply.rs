@@ -360,6 +360,47 @@ impl EventAppender<'_> {
     }
 }
 
+/// Values at least this large are written into their row in chunks (incremental blob I/O)
+/// rather than bound whole: binding copies the value, and building the record copies it again.
+const STREAMED_VALUE: usize = 1 << 20;
+
+/// Inserts a large value's row with a zero-filled `data` of its length, then writes the bytes
+/// into it in 1 MiB chunks (nothing if the value is stored already).
+fn insert_streamed(conn: &Connection, path: &Path, v: &super::BatchValue) -> Result<()> {
+    let map = sql(path);
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO blobs (hash, size, data, location, codec) VALUES (?1, ?2, zeroblob(?3), ?4, ?5)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                v.value.hash,
+                v.value.size as i64,
+                v.bytes.len() as i64,
+                i64::from(v.in_file),
+                v.codec.code()
+            ])
+        })
+        .map_err(&map)?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    let mut blob = conn
+        .blob_open(
+            rusqlite::MAIN_DB,
+            "blobs",
+            "data",
+            conn.last_insert_rowid(),
+            false,
+        )
+        .map_err(&map)?;
+    const CHUNK: usize = 1 << 20;
+    for (i, chunk) in v.bytes.chunks(CHUNK).enumerate() {
+        blob.write_at(chunk, i * CHUNK).map_err(&map)?;
+    }
+    Ok(())
+}
+
 pub(super) fn append_all(
     conn: &Connection,
     path: &Path,
@@ -375,6 +416,10 @@ pub(super) fn append_all(
             )
             .map_err(&map)?;
         for v in &batch.values {
+            if v.bytes.len() >= STREAMED_VALUE {
+                insert_streamed(conn, path, v)?;
+                continue;
+            }
             st.execute(params![
                 v.value.hash,
                 v.value.size as i64,
