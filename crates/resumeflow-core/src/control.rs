@@ -42,6 +42,7 @@ impl ControlRequest {
     /// assert_eq!(Interrupt.merge(Cancel), Cancel);
     /// assert_eq!(Cancel.merge(Interrupt), Cancel);
     /// ```
+    #[must_use]
     pub fn merge(self, other: Self) -> Self {
         if self == Self::Cancel || other == Self::Cancel {
             Self::Cancel
@@ -63,11 +64,12 @@ impl ControlRequest {
     /// ```
     pub fn effect_on(self, status: RunStatus) -> ControlEffect {
         match (status, self) {
-            (RunStatus::Queued, Self::Cancel) => ControlEffect::EndNow(RunStatus::Cancelled),
+            // A paused run has no worker either; cancelling it ends it.
+            (RunStatus::Queued | RunStatus::Paused, Self::Cancel) => {
+                ControlEffect::EndNow(RunStatus::Cancelled)
+            }
             (RunStatus::Queued, Self::Interrupt) => ControlEffect::EndNow(RunStatus::Paused),
             (RunStatus::Running | RunStatus::Pending, _) => ControlEffect::Record,
-            // A paused run has no worker; cancelling it ends it.
-            (RunStatus::Paused, Self::Cancel) => ControlEffect::EndNow(RunStatus::Cancelled),
             _ => ControlEffect::Nothing,
         }
     }

@@ -19,6 +19,9 @@ use crate::gil::{detached, wait_run};
 /// `(seq, at, kind, node_id)` of one event.
 type EventRow = (i64, f64, String, Option<String>);
 
+/// `(seq, at, kind, node_id, payload)`: an event with its fields as named msgpack.
+type TypedEventRow<'py> = (i64, f64, String, Option<String>, Bound<'py, PyBytes>);
+
 /// A validated workflow graph.
 #[pyclass(module = "resumeflow._core", name = "CoreGraph", frozen)]
 pub struct PyGraph {
@@ -452,7 +455,7 @@ impl PyEngine {
         run_id: &str,
         after_seq: i64,
         limit: usize,
-    ) -> PyResult<Vec<(i64, f64, String, Option<String>, Bound<'py, PyBytes>)>> {
+    ) -> PyResult<Vec<TypedEventRow<'py>>> {
         let events = detached(py, || self.engine.events_after(run_id, after_seq, limit))?;
         Ok(events
             .into_iter()

@@ -363,6 +363,8 @@ impl EventAppender<'_> {
 /// Values at least this large are written into their row in chunks (incremental blob I/O)
 /// rather than bound whole: binding copies the value, and building the record copies it again.
 const STREAMED_VALUE: usize = 1 << 20;
+/// The size of each write of a streamed value.
+const STREAM_CHUNK: usize = 1 << 20;
 
 /// Inserts a large value's row with a zero-filled `data` of its length, then writes the bytes
 /// into it in 1 MiB chunks (nothing if the value is stored already).
@@ -394,9 +396,8 @@ fn insert_streamed(conn: &Connection, path: &Path, v: &super::BatchValue) -> Res
             false,
         )
         .map_err(&map)?;
-    const CHUNK: usize = 1 << 20;
-    for (i, chunk) in v.bytes.chunks(CHUNK).enumerate() {
-        blob.write_at(chunk, i * CHUNK).map_err(&map)?;
+    for (i, chunk) in v.bytes.chunks(STREAM_CHUNK).enumerate() {
+        blob.write_at(chunk, i * STREAM_CHUNK).map_err(&map)?;
     }
     Ok(())
 }
