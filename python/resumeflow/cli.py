@@ -1,7 +1,8 @@
 """The ``resumeflow`` command line (also ``python -m resumeflow``).
 
 Exit status: 0 on success, 1 when a run ends ``failed``, 2 on bad usage or a library error,
-130 after Ctrl-C.
+130 after Ctrl-C (``worker``: 0 after a Ctrl-C or SIGTERM that let it hand its runs back, 130
+after a second one).
 
 Trust: ``resume RUN_ID`` imports the ``MODULE:WORKFLOW`` that ``run`` stored with the run, so a
 store decides which code runs, as a pickle does: open only stores you trust. It says on stderr
@@ -285,6 +286,103 @@ def cmd_resume(engine: rf.Engine, args: argparse.Namespace) -> int:
     return _follow(engine, run, args)
 
 
+def _parse_labels(pairs: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label expects k=v, got {pair!r}")
+        if key == WORKFLOW_LABEL:
+            raise UsageError(
+                f"--label {key!r} is reserved: submit stores the MODULE:WORKFLOW reference there"
+            )
+        labels[key] = value
+    return labels
+
+
+def _prepare_submit(args: argparse.Namespace) -> None:
+    """Everything ``submit`` can check before the store is opened (or created): the workflow
+    imports and validates, the inputs and labels parse, no input is unknown."""
+    wf = _load_workflow(args.workflow)
+    inputs = _parse_inputs(args.input or [])
+    labels = {**_parse_labels(args.label or []), WORKFLOW_LABEL: args.workflow}
+    wf.validate()
+    wf.check_inputs(inputs)
+    args.prepared = (wf, inputs, labels)
+
+
+def cmd_submit(engine: rf.Engine, args: argparse.Namespace) -> int:
+    """``resumeflow submit MODULE:WORKFLOW [--input k=v ...] [--run-id ID] [--label k=v ...]``:
+    stores a run ``queued`` (with ``MODULE:WORKFLOW``, so ``resume RUN_ID`` works later) for
+    any ``resumeflow worker`` on the store, and prints its id (``--json``: its state).
+
+    Example: ``resumeflow submit train:wf --input n=10 --label team=vision --db runs.db``.
+    """
+    wf, inputs, labels = args.prepared
+    run = engine.submit(wf, inputs, run_id=args.run_id, labels=labels)
+    if args.json:
+        _emit(args, _state_json(engine.get_current_state(run.id)), run.id)
+    else:
+        print(run.id)
+    return 0
+
+
+def _prepare_worker(args: argparse.Namespace) -> None:
+    """Imports and validates the served workflows and checks the limits before the store is
+    opened, so that a typo costs nothing."""
+    if args.max_runs is not None and args.max_runs < 1:
+        raise UsageError(f"--max-runs must be at least 1, got {args.max_runs}")
+    if args.idle_timeout is not None and not (math.isfinite(args.idle_timeout) and args.idle_timeout >= 0):
+        raise UsageError(f"--idle-timeout must be a number of seconds >= 0, got {args.idle_timeout}")
+    served: dict[str, rf.Workflow] = {}
+    refs: dict[str, str] = {}
+    for ref in args.workflows:
+        wf = _load_workflow(ref)
+        if wf.name in served and served[wf.name] is not wf:
+            raise UsageError(
+                f"{refs[wf.name]} and {ref} are two different workflows named {wf.name!r}; "
+                "a worker serves one workflow per name"
+            )
+        wf.validate()
+        served[wf.name] = wf
+        refs[wf.name] = ref
+    args.prepared = (served, refs)
+
+
+def cmd_worker(engine: rf.Engine, args: argparse.Namespace) -> int:
+    """``resumeflow worker MODULE:WORKFLOW [...] [--max-runs N] [--idle-timeout S]
+    [--max-concurrency N]``: executes queued runs of these workflows (oldest first) and
+    recovers their stale runs, until ``--max-runs`` runs finished, nothing was queued for
+    ``--idle-timeout`` seconds, or Ctrl-C / SIGTERM (in-flight nodes finish, the runs go back
+    to the queue, exit 0; a second one exits at once, 130). Start as many as you like on one
+    store: each queued run is claimed by exactly one of them.
+
+    Example: ``resumeflow worker train:wf --db runs.db --idle-timeout 60``.
+    """
+    from ._worker_cli import GracefulStop, WorkerDisplay
+
+    served, refs = args.prepared
+    if args.json:
+        mode = "off"
+    else:
+        mode = "live" if sys.stderr.isatty() else "lines"
+    display = WorkerDisplay(engine, mode)
+    stop = GracefulStop(engine, display)
+    if mode != "off":
+        at_once = args.max_concurrency or 8  # Engine.work's default without max_concurrency
+        display.note(
+            f"resumeflow worker: serving {', '.join(f'{n} ({r})' for n, r in refs.items())} "
+            f"from {args.db}, up to {at_once} runs at a time (pid {os.getpid()}); "
+            "Ctrl-C or SIGTERM stops it"
+        )
+    with stop.installed(), display.watching():
+        finished = engine.work(served, max_runs=args.max_runs, idle_timeout=args.idle_timeout)
+    if mode != "off":
+        display.note(f"resumeflow worker: stopped · {display.tally()}")
+    _emit(args, {"finished": finished}, f"finished {finished} run(s)")
+    return 0
+
+
 def cmd_status(engine: rf.Engine, args: argparse.Namespace) -> int:
     """``resumeflow status RUN_ID``: the run's latest committed state.
 
@@ -405,6 +503,29 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cleanup)
     p = sub.add_parser("demo", parents=[common], help="kill a training run and resume it")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser(
+        "submit", parents=[common], help="queue a run of MODULE:WORKFLOW for the workers",
+        description="Stores a run with status `queued` and prints its id; any `resumeflow "
+        "worker` on the store runs it.",
+    )
+    p.add_argument("workflow", metavar="MODULE:WORKFLOW")
+    p.add_argument("--input", action="append", metavar="K=V")
+    p.add_argument("--run-id")
+    p.add_argument("--label", action="append", metavar="K=V", help="a label stored with the run")
+    p.set_defaults(func=cmd_submit, prepare=_prepare_submit)
+    p = sub.add_parser(
+        "worker", parents=[common], help="execute queued runs of MODULE:WORKFLOW ...",
+        description="Claims queued runs of these workflows (oldest first), executes them and "
+        "recovers their stale runs. Ctrl-C or SIGTERM: in-flight nodes finish and their runs go "
+        "back to the queue (exit 0); a second one exits at once.",
+    )
+    p.add_argument("workflows", nargs="+", metavar="MODULE:WORKFLOW")
+    p.add_argument("--max-runs", type=int, metavar="N", help="stop after N runs finished")
+    p.add_argument("--idle-timeout", type=float, metavar="S",
+                   help="stop once nothing was queued for S seconds")
+    p.add_argument("--max-concurrency", type=int, metavar="N",
+                   help="nodes (and runs) executed at the same time (default: 8 runs)")
+    p.set_defaults(func=cmd_worker, prepare=_prepare_worker)
     return parser
 
 
@@ -419,8 +540,11 @@ def _open_store(args: argparse.Namespace) -> rf.Engine:
     path = args.db
     if args.command in NEEDS_STORE_COMMANDS and not _is_url(path) and not os.path.exists(path):
         raise NoStore(f"no store at {path} (nothing was created; check --db)")
+    options: dict[str, Any] = {}
+    if getattr(args, "max_concurrency", None) is not None:
+        options["max_concurrency"] = args.max_concurrency
     try:
-        return rf.Engine(path)
+        return rf.Engine(path, **options)
     except rf.StoreError:
         if args.command not in READ_ONLY_COMMANDS or _writable(path):
             raise
@@ -451,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return cmd_demo(None, args)
+        prepare = getattr(args, "prepare", None)
+        if prepare is not None:  # checks that need no store: a mistake creates nothing
+            prepare(args)
         try:
             engine = _open_store(args)
         except NoStore as e:
