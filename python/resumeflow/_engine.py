@@ -630,8 +630,6 @@ class Engine:
         self._workers.append(worker)
         try:
             return worker.run()
-        except KeyboardInterrupt:
-            return worker.finished
         finally:
             self._workers.remove(worker)
 

@@ -89,43 +89,42 @@ class Worker:
                 still.append(handle)
         self.active = still
 
-    def _take(self, core: CoreRun) -> None:
-        self.active.append(core)
-        self.engine._track(core)
-
     def run(self) -> int:
-        """Claims and executes runs until a stop condition; returns the runs finished."""
-        core = self.engine._core
-        marker = 0
-        next_recover = 0.0
-        idle_since = time.monotonic()
+        """Claims and executes runs until a stop condition (a first Ctrl-C is one); returns
+        the runs finished. A second Ctrl-C, while handing back, propagates."""
         try:
-            while not self.stop.is_set():
-                self._reap()
-                if self.max_runs is not None and self.finished >= self.max_runs:
-                    break
-                now = time.monotonic()
-                if now >= next_recover and self._room():
-                    next_recover = now + self.recover_every
-                    for run in self.engine.recover(self.workflows):
-                        if run._core is not None:
-                            self._take(run._core)
-                while self._room():
-                    claimed = core.claim(self.served)
-                    if claimed is None:
-                        break
-                    self._take(claimed)
-                if self.active:
-                    idle_since = now
-                elif self.idle_timeout is not None and now - idle_since >= self.idle_timeout:
-                    break
-                marker = core.wait_for_change(marker, _IDLE_SLICE_S)
+            self._loop()
+        except KeyboardInterrupt:
+            pass
         finally:
             try:
                 self._hand_back()
             finally:
                 self.stopped.set()
         return self.finished
+
+    def _loop(self) -> None:
+        core = self.engine._core
+        marker = 0
+        next_recover = 0.0
+        idle_since = time.monotonic()
+        while not self.stop.is_set():
+            self._reap()
+            if self.max_runs is not None and self.finished >= self.max_runs:
+                return
+            now = time.monotonic()
+            if now >= next_recover and self._room():
+                next_recover = now + self.recover_every
+                # `recover` tracks the handles on the engine already.
+                self.active += [r._core for r in self.engine.recover(self.workflows) if r._core is not None]
+            # The core appends each claimed run to `active` itself, before returning.
+            while self._room() and core.claim(self.served, self.active):
+                self.engine._track(self.active[-1])
+            if self.active:
+                idle_since = now
+            elif self.idle_timeout is not None and now - idle_since >= self.idle_timeout:
+                return
+            marker = core.wait_for_change(marker, _IDLE_SLICE_S)
 
     def _hand_back(self) -> None:
         """Lets in-flight nodes finish, then puts the runs this worker paused back in the

@@ -381,19 +381,27 @@ impl PyEngine {
         detached(py, || self.engine.submit(&graph, inputs, options))
     }
 
-    /// Claims and starts the oldest queued run of `workflows` (`[(CoreGraph, runner)]`);
-    /// None if none is queued.
+    /// Claims and starts the oldest queued run of `workflows` (`[(CoreGraph, runner)]`) and
+    /// appends its handle to `into` before returning (so a Ctrl-C that lands right after the
+    /// call cannot lose track of a claimed run); False if none is queued.
     fn claim(
         &self,
         py: Python<'_>,
         workflows: Vec<(PyRef<'_, PyGraph>, Py<PyAny>)>,
-    ) -> PyResult<Option<PyRun>> {
+        into: &Bound<'_, PyList>,
+    ) -> PyResult<bool> {
         let served: Vec<(Arc<Graph>, Arc<dyn NodeExecutor>)> = workflows
             .into_iter()
             .map(|(g, runner)| (g.graph.clone(), executor(runner)))
             .collect();
         let handle = detached(py, || self.engine.claim(&served))?;
-        Ok(handle.map(|handle| PyRun { handle }))
+        match handle {
+            Some(handle) => {
+                into.append(Py::new(py, PyRun { handle })?)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Asks the run's worker (any process) to `"interrupt"` or `"cancel"` it; returns the
