@@ -72,7 +72,7 @@ pub enum StoreError {
     },
     #[error("store {path} is closed")]
     Closed { path: PathBuf },
-    #[error("store {path} is full{}: {used_bytes} bytes in use; the write was refused and nothing committed before it was lost (raise max_store_bytes, free disk space or run `cleanup`, then resume the run)", full_cause(*max_bytes))]
+    #[error("store {path} has no room for a write{}: {used_bytes} bytes in use before it; the write was refused and nothing committed before it was lost (raise max_store_bytes, free disk space or run `cleanup`, then resume the run)", full_cause(*max_bytes))]
     Full {
         path: PathBuf,
         /// The cap set with `max_store_bytes`, if one was set.
