@@ -267,7 +267,8 @@ class Engine:
         if blob_file_threshold is not None:
             blob_file_threshold = _count("blob_file_threshold", blob_file_threshold, 0)
         checked_resources = _check_resources(resources)
-        _workers.ensure_started()
+        if not read_only:  # a read-only engine runs no node: no worker threads
+            _workers.ensure_started()
         options: dict[str, Any] = {}
         if read_only:
             options["read_only"] = True
