@@ -13,6 +13,17 @@ MODULES = [
     "resumeflow._failures",
     "resumeflow._workflow",
     "resumeflow.langgraph",
+    "resumeflow._engine",
+    "resumeflow._queue",
+    "resumeflow._events",
+    "resumeflow.server.app",
+    "resumeflow.server.auth",
+    "resumeflow.server.errors",
+    "resumeflow.server.serve",
+    "resumeflow.server.service",
+    "resumeflow.server.stream",
+    "resumeflow.server.supervisor",
+    "resumeflow.server.values",
 ]
 
 

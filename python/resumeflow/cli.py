@@ -526,7 +526,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, metavar="N",
                    help="nodes (and runs) executed at the same time (default: 8 runs)")
     p.set_defaults(func=cmd_worker, prepare=_prepare_worker)
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve MODULE:WORKFLOW ... over HTTP (SSE, metrics)",
+        description="The HTTP API with a durable SSE stream; only these workflows can run. "
+        "Needs the server extra: pip install 'resumeflow[server]'.",
+    )
+    p.add_argument("workflows", nargs="+", metavar="MODULE:WORKFLOW")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", help="bearer token for /api/v1 (also RESUMEFLOW_TOKEN)")
+    p.add_argument("--max-body", type=int, metavar="BYTES", help="largest request body (default 1 MiB)")
+    p.add_argument("--max-concurrency", type=int, metavar="N", help="nodes executed at the same time")
+    p.add_argument("--keep-checkpoints", type=int, metavar="N", help="retention: keep the newest N checkpoints of each run")
+    p.add_argument("--keep-days", type=float, metavar="D", help="retention: delete checkpoints older than D days")
+    p.set_defaults(func=cmd_serve, prepare=_prepare_serve)
     return parser
+
+
+def _prepare_serve(args: argparse.Namespace) -> None:
+    """Imports the workflows and checks the exposure before the store is opened."""
+    try:
+        from .server.serve import check_exposure
+    except ImportError as e:
+        raise UsageError(f"the server needs its extra: pip install 'resumeflow[server]' ({e.name} is missing)") from None
+    args.loaded = [_load_workflow(ref) for ref in args.workflows]
+    for wf in args.loaded:
+        wf.validate()
+    args.token = args.token or os.environ.get("RESUMEFLOW_TOKEN") or None
+    check_exposure(args.host, args.token)
+
+
+def cmd_serve(engine: rf.Engine, args: argparse.Namespace) -> int:
+    from .server.serve import serve
+
+    print(f"resumeflow serve: http://{args.host}:{args.port} (workflows: "
+          f"{', '.join(wf.name for wf in args.loaded)}; store {args.db})", file=sys.stderr, flush=True)
+    serve(engine, args.loaded, host=args.host, port=args.port, token=args.token, max_body=args.max_body,
+          keep_checkpoints=args.keep_checkpoints, keep_days=args.keep_days)
+    return 0
 
 
 def _is_url(path: str) -> bool:

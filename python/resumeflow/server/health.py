@@ -1,0 +1,118 @@
+"""``/healthz`` and ``/metrics`` (Prometheus text format; no run ids in it).
+
+Metrics are computed from the store when scraped (nothing is counted per node while nothing
+scrapes): runs by workflow and status, node attempts by outcome, durations of completed
+attempts, OOM retries, active runs, the store's size; ``resumeflow_runs_started_total`` counts
+the runs this server started."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+import resumeflow as rf
+
+#: Bucket bounds (seconds) of node durations.
+DURATION_BUCKETS = (0.005, 0.05, 0.5, 5.0, 60.0, 600.0, 3600.0, 86400.0)
+FINISHED = ("completed", "failed", "cancelled")
+
+
+def store_bytes(path: str) -> int:
+    """Bytes the store takes on disk: the file, its WAL and its blob files."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.path.getsize(path + suffix)
+        except OSError:
+            pass
+    for root, _dirs, files in os.walk(path + ".blobs"):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def health(engine: rf.Engine) -> tuple[int, dict[str, Any]]:
+    """The ``/healthz`` answer: 200 when the store can be read, else 503."""
+    try:
+        failed = engine.list_runs("failed")
+        cutoff = time.time() - 3600
+        doc: dict[str, Any] = {
+            "status": "ok",
+            "version": rf.__version__,
+            "active_runs": len(engine._core.active_runs()),
+            "store_bytes": store_bytes(engine.path),
+            "failed_runs_last_hour": sum(1 for s in failed if s.updated_at >= cutoff),
+        }
+        return 200, doc
+    except Exception as exc:  # noqa: BLE001 - any failure to read means unhealthy
+        return 503, {"status": "unavailable", "version": rf.__version__, "error": type(exc).__name__}
+
+
+class StoreCollector:
+    """Computes the store-derived metrics at scrape time."""
+
+    def __init__(self, engine: rf.Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Any]:
+        runs = self.engine.list_runs()
+        finished = CounterMetricFamily(
+            "resumeflow_runs_finished", "Runs that ended, by workflow and status", labels=["workflow", "status"]
+        )
+        attempts = CounterMetricFamily(
+            "resumeflow_node_attempts", "Node attempts started, by outcome of the latest", labels=["workflow", "node", "outcome"]
+        )
+        ooms = CounterMetricFamily("resumeflow_oom_retries", "Nodes whose last failure was an out-of-memory", labels=["workflow", "node"])
+        by_status: Counter[tuple[str, str]] = Counter()
+        by_node: Counter[tuple[str, str, str]] = Counter()
+        oom: Counter[tuple[str, str]] = Counter()
+        durations: dict[tuple[str, str], list[float]] = {}
+        for state in runs:
+            if state.status in FINISHED:
+                by_status[(state.workflow, state.status)] += 1
+            for node, ns in state.nodes.items():
+                if ns.attempt:
+                    by_node[(state.workflow, node, ns.status)] += ns.attempt
+                if ns.error and "OutOfMemory" in ns.error:
+                    oom[(state.workflow, node)] += 1
+                if ns.status == "completed" and ns.started_at and ns.finished_at:
+                    durations.setdefault((state.workflow, node), []).append(ns.finished_at - ns.started_at)
+        for (wf, status), n in sorted(by_status.items()):
+            finished.add_metric([wf, status], n)
+        for (wf, node, outcome), n in sorted(by_node.items()):
+            attempts.add_metric([wf, node, outcome], n)
+        for (wf, node), n in sorted(oom.items()):
+            ooms.add_metric([wf, node], n)
+        hist = HistogramMetricFamily(
+            "resumeflow_node_duration_seconds", "Duration of completed node attempts", labels=["workflow", "node"]
+        )
+        for (wf, node), values in sorted(durations.items()):
+            buckets = [(str(b), sum(1 for v in values if v <= b)) for b in DURATION_BUCKETS]
+            buckets.append(("+Inf", len(values)))
+            hist.add_metric([wf, node], buckets, sum(values))
+        active = GaugeMetricFamily("resumeflow_active_runs", "Runs this server executes now")
+        active.add_metric([], len(self.engine._core.active_runs()))
+        size = GaugeMetricFamily("resumeflow_store_bytes", "Bytes the store takes on disk")
+        size.add_metric([], store_bytes(self.engine.path))
+        yield from (finished, attempts, ooms, hist, active, size)
+
+
+class Metrics:
+    """The server's Prometheus registry."""
+
+    def __init__(self, engine: rf.Engine) -> None:
+        self.registry = CollectorRegistry()
+        self.runs_started = PromCounter(
+            "resumeflow_runs_started", "Runs started through this server", ["workflow"], registry=self.registry
+        )
+        self.registry.register(StoreCollector(engine))  # type: ignore[arg-type]

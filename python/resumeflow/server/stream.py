@@ -1,0 +1,102 @@
+"""The SSE stream of a run: its durable event log replayed after a cursor (``Last-Event-ID``
+or ``?after=``), then followed live, whoever executes the run. Each message's id is the event's
+seq in the log, so a client that reconnects with the last id it saw gets every later event
+exactly once, in order, across server restarts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import anyio
+
+import resumeflow as rf
+
+from .feed import ChangeFeed
+
+#: Log kinds shown to clients, by SSE event type; other kinds (leases, checkpoints) are
+#: internal and skipped (their seqs are simply absent from the ids).
+EVENT_TYPES = {
+    "NodeStarted": "step_start",
+    "NodeCompleted": "step_complete",
+    "NodeFailed": "step_failed",
+    "NodeRetryScheduled": "step_retrying",
+    "RunPaused": "workflow_paused",
+    "RunCompleted": "workflow_complete",
+    "RunFailed": "workflow_failed",
+    "RunCancelled": "workflow_cancelled",
+}
+TERMINAL = frozenset({"workflow_paused", "workflow_complete", "workflow_failed", "workflow_cancelled"})
+#: Run statuses after which a stream with nothing left to send closes.
+STOPPED = frozenset({"paused", "completed", "failed", "cancelled"})
+#: Events read from the store per page.
+PAGE = 500
+
+
+def message(run_id: str, event: dict[str, Any], attempts: dict[str, int]) -> dict[str, Any] | None:
+    """The SSE message (``id``, ``event``, ``data``) for one log event, or None if internal.
+
+    >>> message("r", {"seq": 4, "at": 1.0, "kind": "NodeStarted", "node": "a", "data": {"node": "a", "attempt": 1}}, {})
+    {'id': '4', 'event': 'step_start', 'data': '{"run_id": "r", "seq": 4, "ts": 1.0, "node": "a", "attempt": 1}'}
+    """
+    kind = EVENT_TYPES.get(event["kind"])
+    fields = event["data"]
+    node = event["node"]
+    if node is not None and "attempt" in fields:
+        attempts[node] = fields["attempt"]
+    if kind is None:
+        return None
+    data: dict[str, Any] = {"run_id": run_id, "seq": event["seq"], "ts": event["at"]}
+    if node is not None:
+        data["node"] = node
+        data["attempt"] = fields.get("attempt", attempts.get(node))
+    if kind == "step_failed":
+        data.update(error=fields.get("error"), retryable=fields.get("retryable"), will_retry=fields.get("will_retry"))
+    elif kind == "step_retrying":
+        data["delay_s"] = fields.get("delay_ms", 0) / 1000.0
+    elif kind == "workflow_failed":
+        data["error"] = fields.get("error")
+    return {"id": str(event["seq"]), "event": kind, "data": json.dumps(data, allow_nan=False, default=repr)}
+
+
+def _page(engine: rf.Engine, run_id: str, cursor: int) -> list[dict[str, Any]]:
+    """Up to :data:`PAGE` events after ``cursor``, as dicts."""
+    return cast(list[dict[str, Any]], engine.events(run_id, after_seq=cursor, limit=PAGE))
+
+
+def _status(engine: rf.Engine, run_id: str) -> str:
+    return engine.run_handle(run_id).status
+
+
+async def follow(engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, keepalive_s: float) -> AsyncIterator[dict[str, Any]]:
+    """SSE messages of ``run_id`` after seq ``after``, then live ones, until a terminal one
+    (or, with nothing left to send, until the run is stopped)."""
+    cursor = after
+    attempts: dict[str, int] = {}
+    stopped = False
+    while True:
+        seen = feed.version
+        events = await anyio.to_thread.run_sync(_page, engine, run_id, cursor)
+        for event in events:
+            cursor = event["seq"]
+            msg = message(run_id, event, attempts)
+            if msg is None:
+                continue
+            yield msg
+            if msg["event"] in TERMINAL:
+                return
+        if len(events) == PAGE:
+            continue
+        if not events:
+            if stopped:
+                return  # stopped, and nothing after the cursor even after the status read
+            # The status changes in the transaction of the run's last event: once it reads
+            # stopped, one more read of the log gets everything the run wrote.
+            status = await anyio.to_thread.run_sync(_status, engine, run_id)
+            if status in STOPPED:
+                stopped = True
+                continue
+        else:
+            stopped = False
+        await feed.wait(seen, keepalive_s)
