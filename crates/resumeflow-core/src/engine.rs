@@ -330,6 +330,11 @@ impl Engine {
             .collect())
     }
 
+    /// Commit and state-load latencies the store measured (for metrics and health).
+    pub fn store_latency(&self) -> Option<crate::store::latency::StoreLatency> {
+        self.inner.store.latency()
+    }
+
     /// Blocks until the store changed since marker `seen` or `timeout`; the new marker.
     pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> Result<u64> {
         self.inner.store.wait_for_change(seen, timeout)

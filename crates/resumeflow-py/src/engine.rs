@@ -515,6 +515,28 @@ impl PyEngine {
         Ok(list)
     }
 
+    /// Latencies the store measured: `{"commit": series, "state_load": series}` with each
+    /// series `{"bounds", "cumulative", "sum", "count", "recent_p95"}` (seconds), or None.
+    fn store_latency<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(latency) = self.engine.store_latency() else {
+            return Ok(None);
+        };
+        let series =
+            |s: &resumeflow_core::store::latency::LatencySnapshot| -> PyResult<Bound<'py, PyDict>> {
+                let d = PyDict::new(py);
+                d.set_item("bounds", resumeflow_core::store::latency::BOUNDS_S.to_vec())?;
+                d.set_item("cumulative", s.cumulative.clone())?;
+                d.set_item("sum", s.sum_s)?;
+                d.set_item("count", s.count)?;
+                d.set_item("recent_p95", s.recent_p95_s)?;
+                Ok(d)
+            };
+        let d = PyDict::new(py);
+        d.set_item("commit", series(&latency.commit)?)?;
+        d.set_item("state_load", series(&latency.state_load)?)?;
+        Ok(Some(d))
+    }
+
     /// Waits (GIL released) up to `timeout` seconds for the store to change after marker
     /// `seen`; returns the new marker.
     fn wait_for_change(&self, py: Python<'_>, seen: u64, timeout: f64) -> PyResult<u64> {

@@ -52,7 +52,11 @@ def health(engine: rf.Engine) -> tuple[int, dict[str, Any]]:
             "active_runs": len(engine._core.active_runs()),
             "store_bytes": store_bytes(engine.path),
             "failed_runs_last_hour": sum(1 for s in failed if s.updated_at >= cutoff),
+            "commit_latency_p95_s": None,
         }
+        latency = engine._core.store_latency()
+        if latency is not None:
+            doc["commit_latency_p95_s"] = latency["commit"]["recent_p95"]
         return 200, doc
     except Exception as exc:  # noqa: BLE001 - any failure to read means unhealthy
         return 503, {"status": "unavailable", "version": rf.__version__, "error": type(exc).__name__}
@@ -100,6 +104,18 @@ class StoreCollector:
             buckets = [(str(b), sum(1 for v in values if v <= b)) for b in DURATION_BUCKETS]
             buckets.append(("+Inf", len(values)))
             hist.add_metric([wf, node], buckets, sum(values))
+        latency = self.engine._core.store_latency()
+        if latency is not None:
+            for name, key, help_text in (
+                ("resumeflow_commit_seconds", "commit", "Group commits of the store, as the core timed them"),
+                ("resumeflow_state_load_seconds", "state_load", "Run-state loads from the store, as the core timed them"),
+            ):
+                series = latency[key]
+                family = HistogramMetricFamily(name, help_text)
+                buckets = [(str(b), c) for b, c in zip(series["bounds"], series["cumulative"], strict=False)]
+                buckets.append(("+Inf", series["cumulative"][-1]))
+                family.add_metric([], buckets, series["sum"])
+                yield family
         active = GaugeMetricFamily("resumeflow_active_runs", "Runs this server executes now")
         active.add_metric([], len(self.engine._core.active_runs()))
         size = GaugeMetricFamily("resumeflow_store_bytes", "Bytes the store takes on disk")

@@ -7,6 +7,7 @@
 mod apply;
 pub mod blob_files;
 mod checkpoints;
+pub mod latency;
 pub(crate) mod queue;
 mod schema;
 mod sqlite;
@@ -306,6 +307,11 @@ pub trait Store: Send + Sync + 'static {
     /// happen (woken at once by this process's commits; other processes' are noticed within
     /// a few milliseconds); returns the current marker either way.
     fn wait_for_change(&self, seen: u64, timeout: std::time::Duration) -> Result<u64>;
+
+    /// Commit and state-load latencies the store measured, if it measures them.
+    fn latency(&self) -> Option<latency::StoreLatency> {
+        None
+    }
 
     /// Commits the batch that ends a run after one of its writes was refused (a full store,
     /// a failing disk): later batches of a lease whose batch was refused are refused too,

@@ -44,6 +44,8 @@ pub struct SqliteStore {
     orphan_grace_s: AtomicU64,
     /// The size cap (`max_store_bytes`), 0 for none.
     max_bytes: Arc<AtomicU64>,
+    /// How long run-state loads took.
+    load_latency: super::latency::Latency,
 }
 
 /// Pages kept free below the size cap for the batch that ends a run after a refused write
@@ -249,6 +251,7 @@ impl SqliteStore {
             files: Arc::new(BlobFiles::new(&path)),
             orphan_grace_s: AtomicU64::new(DEFAULT_ORPHAN_GRACE_S),
             max_bytes: Arc::default(),
+            load_latency: super::latency::Latency::default(),
             path,
         })
     }
@@ -304,6 +307,7 @@ impl SqliteStore {
             files: Arc::new(BlobFiles::new(&path)),
             orphan_grace_s: AtomicU64::new(DEFAULT_ORPHAN_GRACE_S),
             max_bytes: Arc::default(),
+            load_latency: super::latency::Latency::default(),
             path,
         })
     }
@@ -843,11 +847,24 @@ impl Store for SqliteStore {
     }
 
     fn load_run(&self, run_id: &str) -> Result<StoredRun> {
-        self.read(|conn| self.stored_run(conn, run_id, true))
+        let started = std::time::Instant::now();
+        let run = self.read(|conn| self.stored_run(conn, run_id, true));
+        self.load_latency.record(started.elapsed());
+        run
     }
 
     fn load_run_without_graph(&self, run_id: &str) -> Result<StoredRun> {
-        self.read(|conn| self.stored_run(conn, run_id, false))
+        let started = std::time::Instant::now();
+        let run = self.read(|conn| self.stored_run(conn, run_id, false));
+        self.load_latency.record(started.elapsed());
+        run
+    }
+
+    fn latency(&self) -> Option<super::latency::StoreLatency> {
+        Some(super::latency::StoreLatency {
+            commit: self.writer.latency(),
+            state_load: self.load_latency.snapshot(),
+        })
     }
 
     fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<StoredRun>> {

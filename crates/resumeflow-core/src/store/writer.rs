@@ -77,6 +77,8 @@ struct Shared {
     commits: Mutex<u64>,
     /// Notified after every group transaction.
     committed: Condvar,
+    /// How long group transactions took.
+    latency: super::latency::Latency,
 }
 
 impl Shared {
@@ -105,7 +107,9 @@ impl Shared {
             }
             return;
         };
+        let started = std::time::Instant::now();
         commit_group(conn, &self.path, jobs);
+        self.latency.record(started.elapsed());
         *self.commits.lock().expect("commit counter") += 1;
         self.committed.notify_all();
     }
@@ -138,6 +142,7 @@ impl Writer {
             path,
             commits: Mutex::new(0),
             committed: Condvar::new(),
+            latency: super::latency::Latency::default(),
         });
         let background = shared.clone();
         let thread = std::thread::Builder::new()
@@ -149,6 +154,11 @@ impl Writer {
             thread: Mutex::new(Some(thread)),
             durability,
         }
+    }
+
+    /// How long this writer's group transactions took.
+    pub fn latency(&self) -> super::latency::LatencySnapshot {
+        self.shared.latency.snapshot()
     }
 
     /// Group transactions this writer finished (committed or rolled back) so far.
