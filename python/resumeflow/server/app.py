@@ -144,6 +144,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body that is not JSON: invalid like any other body
+            return JSONResponse(errors.body("ValidationError", f"body: {exc.detail}"), status_code=422)
         kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
         return JSONResponse(errors.body(kind, str(exc.detail)), status_code=exc.status_code)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 from typing import Any
 
 import resumeflow as rf
@@ -61,4 +62,10 @@ def serve(
     )
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=60)
-    uvicorn.Server(config).run()
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler
+    # it found: make that one a no-op, so a graceful stop exits 0 (SIGINT still ends as 130).
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

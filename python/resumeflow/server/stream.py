@@ -78,17 +78,19 @@ async def follow(engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, k
     while True:
         seen = feed.version
         events = await anyio.to_thread.run_sync(_page, engine, run_id, cursor)
+        sent = False
         for event in events:
             cursor = event["seq"]
             msg = message(run_id, event, attempts)
             if msg is None:
                 continue
+            sent = True
             yield msg
             if msg["event"] in TERMINAL:
                 return
         if len(events) == PAGE:
             continue
-        if not events:
+        if not sent:  # nothing a client sees after the cursor (internal events at most)
             if stopped:
                 return  # stopped, and nothing after the cursor even after the status read
             # The status changes in the transaction of the run's last event: once it reads
