@@ -651,6 +651,11 @@ class Engine:
         """The run's latest committed state."""
         return self._state(self._core.get_current_state(run_id))
 
+    def _current_state_lazy(self, run_id: str) -> RunState:
+        """``get_current_state`` whose ``values`` are decoded only if used (front ends that
+        show a run without its outputs)."""
+        return self._state(self._core.get_current_state(run_id), lazy=True)
+
     def get_partial_results(self, run_id: str) -> dict[str, Any]:
         """Decoded outputs of the run's completed nodes only (a value that cannot be read or
         decoded is an ``rf.Undecodable`` saying why, as in ``RunState.values``)."""

@@ -95,22 +95,26 @@ class RunState:
             labels=dict(d.get("labels") or {}),
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict keyed by the attribute names (values left as they are)."""
-        return {
+    def to_dict(self, *, values: bool = True) -> dict[str, Any]:
+        """A JSON-friendly dict keyed by the attribute names (values left as they are);
+        ``values=False`` leaves ``values`` out (and decodes nothing)."""
+        d = {
             "run_id": self.run_id,
             "workflow": self.workflow,
             "status": self.status,
             "nodes": {k: vars(v) for k, v in self.nodes.items()},
             "completed": self.completed,
             "pending": self.pending,
-            "values": self.values,
+            "values": self.values if values else None,
             "checkpoint_id": self.checkpoint_id,
             "error": self.error,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "labels": dict(self.labels),
         }
+        if not values:
+            del d["values"]
+        return d
 
 
 @dataclass(frozen=True)

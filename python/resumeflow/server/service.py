@@ -20,8 +20,7 @@ _RUN_ID = re.compile(RUN_ID_PATTERN)
 
 def run_json(state: rf.RunState) -> dict[str, Any]:
     """A run as the API shows it: the CLI's ``--json`` RunState without ``values``."""
-    d = state.to_dict()
-    d.pop("values", None)
+    d = state.to_dict(values=False)
     d["nodes"] = {k: values.to_json(v) for k, v in d["nodes"].items()}
     return d
 
@@ -107,11 +106,11 @@ class RunService:
             run = self.engine.start(wf, inputs, run_id=run_id, labels=labels, _until=until)
         else:
             run = self.engine.submit(wf, inputs, run_id=run_id, labels=labels)
-        return run_json(self.engine.get_current_state(run.id))
+        return run_json(self.engine._current_state_lazy(run.id))
 
     def get(self, run_id: str) -> dict[str, Any]:
         """``GET /api/v1/runs/ID``."""
-        return run_json(self.engine.get_current_state(self.check_run_id(run_id)))
+        return run_json(self.engine._current_state_lazy(self.check_run_id(run_id)))
 
     def list_runs(self, *, status: str | None, workflow: str | None, limit: int, offset: int) -> dict[str, Any]:
         """``GET /api/v1/runs``: newest first."""
@@ -130,7 +129,7 @@ class RunService:
 
     def resume(self, run_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /api/v1/runs/ID/resume``: continues the run in this server."""
-        state = self.engine.get_current_state(self.check_run_id(run_id))
+        state = self.engine._current_state_lazy(self.check_run_id(run_id))
         wf = self.workflow(state.workflow)
         run = self.engine.resume(
             run_id,
@@ -139,7 +138,7 @@ class RunService:
             updates=request.get("updates") or None,
             rerun=request.get("rerun") or None,
         )
-        return run_json(self.engine.get_current_state(run.id))
+        return run_json(self.engine._current_state_lazy(run.id))
 
     def control(self, run_id: str, kind: str) -> dict[str, Any]:
         """``POST /api/v1/runs/ID/interrupt`` and ``/cancel``, wherever the run executes."""
@@ -148,4 +147,4 @@ class RunService:
             handle.cancel()
         else:
             handle.interrupt()
-        return run_json(self.engine.get_current_state(run_id))
+        return run_json(self.engine._current_state_lazy(run_id))
