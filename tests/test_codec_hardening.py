@@ -392,3 +392,21 @@ def test_a_large_bytes_output_costs_about_one_copy_of_memory():
     assert child.returncode == 0, child.stderr
     growth = int(child.stdout.split()[-1])
     assert growth < 1.3 * n, f"peak RSS grew {growth / n:.2f} x the output's size"
+
+
+def test_encoding_while_another_thread_is_still_importing_numpy_or_torch():
+    """A node's first `import numpy` leaves a half-initialized module in sys.modules while
+    another node's output is encoded: the codec must not touch classes it lacks yet."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, types\n"
+        "sys.modules['numpy'] = types.ModuleType('numpy')\n"
+        "sys.modules['torch'] = types.ModuleType('torch')\n"
+        "from resumeflow import _codec\n"
+        "print(_codec.decode(_codec.encode({'a': [1, 2.5], 'b': (3,)})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{'a': [1, 2.5], 'b': (3,)}"

@@ -177,14 +177,27 @@ _SAFETENSORS_DTYPES = {
 _TORCH_BY_SAFETENSORS = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
 
 
+def _class_of(module: str, name: str) -> Any:
+    """``module.name`` if that module was imported far enough to define it, else None.
+
+    Another thread may be importing numpy or torch right now (a node's first use): the module
+    is then in ``sys.modules`` half initialized, and no value can be an instance of a class
+    it has not defined yet.
+
+    >>> _class_of("no_such_module", "X") is None
+    True
+    """
+    return getattr(sys.modules.get(module), name, None)
+
+
 def _is_tensor(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
+    tensor = _class_of("torch", "Tensor")
+    return tensor is not None and isinstance(obj, tensor)
 
 
 def _is_ndarray(obj: Any) -> bool:
-    np = sys.modules.get("numpy")
-    return np is not None and isinstance(obj, np.ndarray)
+    ndarray = _class_of("numpy", "ndarray")
+    return ndarray is not None and isinstance(obj, ndarray)
 
 
 def _tensor_bytes(t: Any) -> tuple[str, list[int], str, bytes | memoryview]:
@@ -277,10 +290,9 @@ def _safetensors_unpack(data: bytes | memoryview) -> dict[str, Any]:
 def _is_tensor_dict(obj: dict[Any, Any]) -> bool:
     """A dict that can be stored in the safetensors layout (else each tensor gets a frame).
     Values are checked first: an ordinary dict fails at its first value, without a key scan."""
-    torch = sys.modules.get("torch")
-    if torch is None or not obj:
+    tensor = _class_of("torch", "Tensor")
+    if tensor is None or not obj:
         return False
-    tensor = torch.Tensor
     return all(
         isinstance(v, tensor) and str(v.dtype).removeprefix("torch.") in _SAFETENSORS_DTYPES
         and not v.is_sparse and not v.is_quantized for v in obj.values()
@@ -382,9 +394,9 @@ def _prepare_other(obj: Any, t: type, walk: _Walk) -> tuple[bool, Any]:
     if codec is not None:  # a registered codec wins over every built-in encoding
         name, enc = codec
         return True, msgpack.ExtType(_EXT_CUSTOM, msgpack.packb([name, enc(obj)], use_bin_type=True))
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(obj, np.generic):  # before float: np.float64 is one
-        return True, _numpy_scalar(obj, np)
+    generic = _class_of("numpy", "generic")
+    if generic is not None and isinstance(obj, generic):  # before float: np.float64 is one
+        return True, _numpy_scalar(obj, sys.modules["numpy"])
     if _is_tensor(obj):
         walk.leaves.append(obj)
         dtype, shape, device, raw = _tensor_bytes(obj)
@@ -394,8 +406,8 @@ def _prepare_other(obj: Any, t: type, walk: _Walk) -> tuple[bool, Any]:
         return True, msgpack.ExtType(
             _EXT_TENSOR, msgpack.packb([dtype, shape, device, raw], use_bin_type=True)
         )
-    if np is not None and isinstance(obj, np.ndarray):
-        return True, _ndarray_ext(obj, np, walk)
+    if _is_ndarray(obj):
+        return True, _ndarray_ext(obj, sys.modules["numpy"], walk)
     # Subclasses of built-ins without a codec are stored as their base type.
     if isinstance(obj, int):  # IntEnum, IntFlag, ... (bool cannot be subclassed)
         value = int.__index__(obj)
@@ -602,8 +614,7 @@ def _shared_as_is(value: Any) -> bool:
         if t is tuple:
             stack.extend(item)
             continue
-        np = sys.modules.get("numpy")
-        if (_is_tensor(item) or (np is not None and t is np.ndarray)) and _codec_for(t) is None:
+        if (_is_tensor(item) or t is _class_of("numpy", "ndarray")) and _codec_for(t) is None:
             continue
         return False
     return True

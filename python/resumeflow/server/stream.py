@@ -6,6 +6,7 @@ exactly once, in order, across server restarts."""
 from __future__ import annotations
 
 import json
+import queue
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -13,6 +14,8 @@ import anyio
 
 import resumeflow as rf
 
+from .._streaming import Subscription
+from . import values
 from .feed import ChangeFeed
 
 #: Log kinds shown to clients, by SSE event type; other kinds (leases, checkpoints) are
@@ -32,6 +35,21 @@ TERMINAL = frozenset({"workflow_paused", "workflow_complete", "workflow_failed",
 STOPPED = frozenset({"paused", "completed", "failed", "cancelled"})
 #: Events read from the store per page.
 PAGE = 500
+#: How often a stream of a run executing in this process looks for new streamed items (s).
+CHUNK_POLL_S = 0.05
+
+
+def _chunks(subscription: Subscription, run_id: str) -> list[dict[str, Any]]:
+    """Items streamed so far and not yet sent, as ``chunk`` messages (no id: they are not
+    events of the durable log; the node's output holds them once it completes)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        try:
+            node, item = subscription._queue.get_nowait()
+        except queue.Empty:
+            return out
+        data = {"run_id": run_id, "node": node, "item": values.to_json(item)}
+        out.append({"event": "chunk", "data": json.dumps(data, allow_nan=False, default=repr)})
 
 
 def message(run_id: str, event: dict[str, Any], attempts: dict[str, int]) -> dict[str, Any] | None:
@@ -72,11 +90,25 @@ def _status(engine: rf.Engine, run_id: str) -> str:
 async def follow(engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, keepalive_s: float) -> AsyncIterator[dict[str, Any]]:
     """SSE messages of ``run_id`` after seq ``after``, then live ones, until a terminal one
     (or, with nothing left to send, until the run is stopped)."""
+    # Items of streaming nodes this process executes reach subscribers live, not the log.
+    subscription = Subscription(run_id, lambda: True)
+    try:
+        async for msg in _follow(engine, feed, run_id, after, keepalive_s, subscription):
+            yield msg
+    finally:
+        subscription.close()
+
+
+async def _follow(
+    engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, keepalive_s: float, subscription: Subscription
+) -> AsyncIterator[dict[str, Any]]:
     cursor = after
     attempts: dict[str, int] = {}
     stopped = False
     while True:
         seen = feed.version
+        for chunk in _chunks(subscription, run_id):  # before the events that follow them
+            yield chunk
         events = await anyio.to_thread.run_sync(_page, engine, run_id, cursor)
         sent = False
         for event in events:
@@ -101,4 +133,5 @@ async def follow(engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, k
                 continue
         else:
             stopped = False
-        await feed.wait(seen, keepalive_s)
+        executing_here = run_id in engine._core.active_runs()
+        await feed.wait(seen, CHUNK_POLL_S if executing_here else keepalive_s)
