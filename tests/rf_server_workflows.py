@@ -18,16 +18,7 @@ import resumeflow as rf
 FAST = rf.RetryPolicy(max_attempts=3, initial_interval=0.01, max_interval=0.05)
 
 
-def record(ctx: rf.NodeContext) -> None:
-    path = os.environ.get("RF_LEDGER")
-    if not path:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, f"{ctx.run_id}/{ctx.node_id}:{ctx.attempt}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from rf_pool_workflows import record  # noqa: E402  (the same fsynced ledger lines)
 
 
 def ledger_lines(path: str | Path) -> list[tuple[str, int]]:

@@ -355,6 +355,20 @@ class Engine:
                 values[node_id] = Undecodable(node_id, str(e))
         return values
 
+    def _prepare_new_run(
+        self, wf: Workflow, inputs: Mapping[str, Any] | None, labels: Mapping[str, str] | None
+    ) -> tuple[Any, dict[str, bytes], dict[str, str]]:
+        """What starting or submitting a run checks first: the graph, the encoded inputs (no
+        unknown ones), and the labels with the inputs' digest."""
+        graph = self._check_workflow(wf).validate()
+        encoded = _encode_inputs(inputs)
+        wf.check_inputs(encoded)
+        all_labels = dict(labels) if labels else {}
+        if INPUTS_DIGEST_LABEL in all_labels:
+            raise _invalid("labels", f"{INPUTS_DIGEST_LABEL!r} is reserved by resumeflow")
+        all_labels[INPUTS_DIGEST_LABEL] = _inputs_digest(encoded)
+        return graph, encoded, all_labels
+
     @staticmethod
     def _check_workflow(wf: Any) -> Workflow:
         if not isinstance(wf, Workflow):
@@ -397,13 +411,7 @@ class Engine:
         labels: Mapping[str, str] | None = None,
         until: str | None = None,
     ) -> CoreRun:
-        graph = self._check_workflow(wf).validate()
-        encoded = _encode_inputs(inputs)
-        wf.check_inputs(encoded)
-        all_labels = dict(labels) if labels else {}
-        if INPUTS_DIGEST_LABEL in all_labels:
-            raise _invalid("labels", f"{INPUTS_DIGEST_LABEL!r} is reserved by resumeflow")
-        all_labels[INPUTS_DIGEST_LABEL] = _inputs_digest(encoded)
+        graph, encoded, all_labels = self._prepare_new_run(wf, inputs, labels)
         return self._core.start(graph, self._runner(wf), encoded, run_id=run_id, until=until, labels=all_labels)
 
     def run(
@@ -562,13 +570,7 @@ class Engine:
         1
         ('queued', {'double': 42})
         """
-        graph = self._check_workflow(wf).validate()
-        encoded = _encode_inputs(inputs)
-        wf.check_inputs(encoded)
-        all_labels = dict(labels) if labels else {}
-        if INPUTS_DIGEST_LABEL in all_labels:
-            raise _invalid("labels", f"{INPUTS_DIGEST_LABEL!r} is reserved by resumeflow")
-        all_labels[INPUTS_DIGEST_LABEL] = _inputs_digest(encoded)
+        graph, encoded, all_labels = self._prepare_new_run(wf, inputs, labels)
         submitted = self._core.submit(graph, encoded, run_id=run_id, labels=all_labels)
         return Run(self, None, submitted)
 

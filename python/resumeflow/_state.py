@@ -139,6 +139,17 @@ class Checkpoint:
             kind=d["kind"],
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict keyed by the attribute names."""
+        return {
+            "checkpoint_id": self.checkpoint_id,
+            "parent_id": self.parent_id,
+            "run_id": self.run_id,
+            "created_at": self.created_at,
+            "completed": list(self.completed),
+            "kind": self.kind,
+        }
+
     @property
     def created(self) -> _dt.datetime:
         """``created_at`` as an aware UTC datetime."""

@@ -105,14 +105,7 @@ def _state_json(state: rf.RunState) -> dict[str, Any]:
 
 
 def _checkpoint_json(cp: rf.Checkpoint) -> dict[str, Any]:
-    return {
-        "checkpoint_id": cp.checkpoint_id,
-        "parent_id": cp.parent_id,
-        "run_id": cp.run_id,
-        "created_at": cp.created_at,
-        "completed": cp.completed,
-        "kind": cp.kind,
-    }
+    return cp.to_dict()
 
 
 def _emit(args: argparse.Namespace, document: Any, text: str) -> None:

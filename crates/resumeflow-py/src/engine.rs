@@ -129,6 +129,28 @@ impl PyEngine {
     }
 }
 
+/// A run status named by a caller (`InvalidArgument` for anything else).
+fn parse_status(text: &str) -> PyResult<RunStatus> {
+    RunStatus::parse(text).ok_or_else(|| {
+        to_py(resumeflow_core::Error::InvalidArgument {
+            field: "status".into(),
+            message: format!("{text:?} is not a run status"),
+        })
+    })
+}
+
+/// Run states as a list of dicts.
+fn state_list<'py>(
+    py: Python<'py>,
+    runs: &[resumeflow_core::RunState],
+) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for run in runs {
+        list.append(state_dict(py, run)?)?;
+    }
+    Ok(list)
+}
+
 fn executor(runner: Py<PyAny>) -> Arc<dyn NodeExecutor> {
     Arc::new(PyExecutor::new(runner))
 }
@@ -343,22 +365,9 @@ impl PyEngine {
         py: Python<'py>,
         status: Option<&str>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let status = status
-            .map(|s| {
-                RunStatus::parse(s).ok_or_else(|| {
-                    to_py(resumeflow_core::Error::InvalidArgument {
-                        field: "status".into(),
-                        message: format!("{s:?} is not a run status"),
-                    })
-                })
-            })
-            .transpose()?;
+        let status = status.map(parse_status).transpose()?;
         let runs = detached(py, || self.engine.list_runs(status))?;
-        let list = PyList::empty(py);
-        for run in &runs {
-            list.append(state_dict(py, run)?)?;
-        }
-        Ok(list)
+        state_list(py, &runs)
     }
 
     /// Records a run as `queued`; returns its id.
@@ -490,16 +499,7 @@ impl PyEngine {
         limit: Option<usize>,
         after: Option<String>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let status = status
-            .map(|s| {
-                RunStatus::parse(s).ok_or_else(|| {
-                    to_py(resumeflow_core::Error::InvalidArgument {
-                        field: "status".into(),
-                        message: format!("{s:?} is not a run status"),
-                    })
-                })
-            })
-            .transpose()?;
+        let status = status.map(parse_status).transpose()?;
         let filter = resumeflow_core::store::RunFilter {
             status,
             workflow,
@@ -508,11 +508,7 @@ impl PyEngine {
             after,
         };
         let runs = detached(py, || self.engine.list_runs_filtered(&filter))?;
-        let list = PyList::empty(py);
-        for run in &runs {
-            list.append(state_dict(py, run)?)?;
-        }
-        Ok(list)
+        state_list(py, &runs)
     }
 
     /// Latencies the store measured: `{"commit": series, "state_load": series}` with each

@@ -27,14 +27,7 @@ def run_json(state: rf.RunState) -> dict[str, Any]:
 
 def checkpoint_json(cp: rf.Checkpoint) -> dict[str, Any]:
     """A checkpoint as the CLI's ``--json`` shows it."""
-    return {
-        "checkpoint_id": cp.checkpoint_id,
-        "parent_id": cp.parent_id,
-        "run_id": cp.run_id,
-        "created_at": cp.created_at,
-        "completed": cp.completed,
-        "kind": cp.kind,
-    }
+    return cp.to_dict()
 
 
 class RunService:

@@ -24,21 +24,27 @@ pub const OP_RESET: i64 = 2;
 /// Maps rusqlite errors to a `StoreError` naming the file.
 pub fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-            // The store fills in the cap and the size it knows of.
-            return StoreError::Full {
+        full_or(path, &e).unwrap_or_else(|| {
+            StoreError::Sqlite {
                 path: path.to_path_buf(),
-                max_bytes: None,
-                used_bytes: 0,
+                message: e.to_string(),
             }
-            .into();
-        }
-        StoreError::Sqlite {
+            .into()
+        })
+    }
+}
+
+/// `StoreError::Full` if SQLite said the store or the disk is full (the store fills in the
+/// cap and the size it knows of), else None.
+pub fn full_or(path: &Path, e: &rusqlite::Error) -> Option<Error> {
+    (e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)).then(|| {
+        StoreError::Full {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            max_bytes: None,
+            used_bytes: 0,
         }
         .into()
-    }
+    })
 }
 
 /// Builds a `Corrupt` error for an undecodable row.

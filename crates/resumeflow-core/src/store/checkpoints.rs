@@ -312,14 +312,34 @@ pub fn load_events(
     run_id: &str,
     upto: Option<i64>,
 ) -> Result<Vec<Event>> {
+    events_between(
+        conn,
+        path,
+        run_id,
+        i64::MIN,
+        upto.unwrap_or(i64::MAX),
+        usize::MAX,
+    )
+}
+
+/// Up to `limit` events of a run with `after < seq <= upto`, in order.
+pub fn events_between(
+    conn: &Connection,
+    path: &Path,
+    run_id: &str,
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> Result<Vec<Event>> {
     let map = sql(path);
     let mut st = conn
         .prepare_cached(
-            "SELECT seq, at, payload FROM events WHERE run_id = ?1 AND seq <= ?2 ORDER BY seq",
+            "SELECT seq, at, payload FROM events WHERE run_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
         )
         .map_err(&map)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut q = st
-        .query(params![run_id, upto.unwrap_or(i64::MAX)])
+        .query(params![run_id, after, upto, limit])
         .map_err(&map)?;
     let mut events = Vec::new();
     while let Some(r) = q.next().map_err(&map)? {

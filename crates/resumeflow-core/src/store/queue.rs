@@ -178,30 +178,5 @@ pub fn events_after(
     after_seq: i64,
     limit: usize,
 ) -> Result<Vec<Event>> {
-    let map = sql(path);
-    let mut st = conn
-        .prepare_cached(
-            "SELECT seq, at, payload FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )
-        .map_err(&map)?;
-    let mut q = st
-        .query(params![
-            run_id,
-            after_seq,
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        ])
-        .map_err(&map)?;
-    let mut events = Vec::new();
-    while let Some(r) = q.next().map_err(&map)? {
-        let seq: i64 = r.get(0).map_err(&map)?;
-        let payload: Vec<u8> = r.get(2).map_err(&map)?;
-        let kind = EventKind::decode(&payload)
-            .map_err(|e| corrupt(path, "events", format!("run {run_id:?} seq {seq}: {e}")))?;
-        events.push(Event {
-            seq,
-            at: r.get(1).map_err(&map)?,
-            kind,
-        });
-    }
-    Ok(events)
+    super::checkpoints::events_between(conn, path, run_id, after_seq, i64::MAX, limit)
 }

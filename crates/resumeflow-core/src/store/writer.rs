@@ -292,13 +292,8 @@ fn run(shared: &Shared) {
 }
 
 fn sqlite_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
-    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-        return StoreError::Full {
-            path: path.to_path_buf(),
-            max_bytes: None,
-            used_bytes: 0,
-        }
-        .into();
+    if let Some(full) = super::apply::full_or(path, e) {
+        return full;
     }
     StoreError::Sqlite {
         path: path.to_path_buf(),
