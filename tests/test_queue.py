@@ -66,7 +66,8 @@ def test_a_killed_worker_is_recovered_by_another_without_rerunning_completed_nod
     first = worker(db, env={"RF_SLOW_C": "60"})
     try:
         wait_for(lambda: started(ledger, "killed/c"), timeout=60)
-        wait_for(lambda: started(ledger, "killed/d"), timeout=30)
+        with rf.Engine(db) as watcher:  # d committed (not only started) before the kill
+            wait_for(lambda: watcher.get_current_state("killed").nodes["d"].status == "completed", timeout=30)
     finally:
         os.kill(first.pid, signal.SIGKILL)
         first.communicate(timeout=30)
