@@ -217,7 +217,7 @@ def _older_than(value: Any) -> float | None:
 class Engine:
     """Runs workflows durably on the SQLite store at ``path`` (created if missing).
 
-    Beyond shared/API.md: ``max_store_bytes`` caps the store's size (writes past it fail with
+    Beyond the basic options: ``max_store_bytes`` caps the store's size (writes past it fail with
     ``StoreError`` and change nothing; at least ``MIN_STORE_BYTES``, 1 MiB);
     ``blob_file_threshold`` (bytes, default 64 MiB): a value
     whose stored form is at least this large is kept as a file in ``<path>.blobs/``, written and

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Exponential backoff with optional jitter, as in shared/API.md's `RetryPolicy`.
+/// Exponential backoff with optional jitter, as in the Python API's `rf.RetryPolicy`.
 ///
 /// Whether a failure is retryable at all is decided by the executor (the Python layer
 /// classifies exceptions); this policy only bounds and spaces the attempts.

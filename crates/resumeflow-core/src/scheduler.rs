@@ -228,7 +228,7 @@ impl Scheduler {
                 .unwrap_or(Err(Error::Shutdown)),
             Durability::Batched => {
                 // Not awaited: dependants may start before their producer's commit lands
-                // (shared/ARCHITECTURE.md); commits stay in order through the single writer,
+                // (docs/reliability.md); commits stay in order through the single writer,
                 // and a refused batch stops every later batch of this lease. Staging (zstd, a
                 // large value's blob file) happens in `submit`: off the runtime's workers
                 // when there is real work to do.

@@ -2,7 +2,7 @@
 //!
 //! [`Store`] is the seam the engine writes through; [`SqliteStore`] is the embedded
 //! implementation (one writer thread with group commit, WAL, `BEGIN IMMEDIATE`).
-//! A PostgreSQL implementation can sit behind the same trait (shared/ARCHITECTURE.md).
+//! A PostgreSQL implementation can sit behind the same trait (see `docs/queue.md` for the rules each store keeps).
 
 mod apply;
 pub mod blob_files;
