@@ -244,7 +244,22 @@ impl SqliteStore {
         reader
             .execute_batch("PRAGMA query_only = 1;")
             .map_err(sql(&path))?;
-        Ok(Self {
+        Ok(Self::from_connections(
+            writer_conn,
+            reader,
+            path,
+            durability,
+        ))
+    }
+
+    /// The store on its two connections (the writer's and the reader's).
+    fn from_connections(
+        writer_conn: Connection,
+        reader: Connection,
+        path: PathBuf,
+        durability: Durability,
+    ) -> Self {
+        Self {
             writer: Writer::spawn(writer_conn, path.clone(), durability),
             reader: Mutex::new(Some(reader)),
             poisoned: Arc::default(),
@@ -253,7 +268,7 @@ impl SqliteStore {
             max_bytes: Arc::default(),
             load_latency: super::latency::Latency::default(),
             path,
-        })
+        }
     }
 
     /// Opens an existing store for reading only (for a file this process may not write):
@@ -299,17 +314,13 @@ impl SqliteStore {
         reader
             .execute_batch("PRAGMA query_only = 1;")
             .map_err(sql(&path))?;
-        Ok(Self {
-            // Every write the writer is asked for fails with SQLITE_READONLY (a StoreError).
-            writer: Writer::spawn(writer_conn, path.clone(), Durability::Off),
-            reader: Mutex::new(Some(reader)),
-            poisoned: Arc::default(),
-            files: Arc::new(BlobFiles::new(&path)),
-            orphan_grace_s: AtomicU64::new(DEFAULT_ORPHAN_GRACE_S),
-            max_bytes: Arc::default(),
-            load_latency: super::latency::Latency::default(),
+        // Every write the writer is asked for fails with SQLITE_READONLY (a StoreError).
+        Ok(Self::from_connections(
+            writer_conn,
+            reader,
             path,
-        })
+            Durability::Off,
+        ))
     }
 
     /// Caps the store's size (`PRAGMA max_page_count`): a write past it fails with
