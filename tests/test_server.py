@@ -570,6 +570,9 @@ def test_metrics_carry_the_documented_names_and_no_run_ids(server: Server, api: 
                 if name == "resumeflow_node_attempts_total"
                 and dict(labels).get("workflow") == "quick" and dict(labels).get("node") == "a"]
     assert attempts and sum(attempts) >= 1, "node attempts are counted per workflow and node"
+    durations = samples.get(("resumeflow_node_duration_seconds_count", (("node", "a"), ("workflow", "quick"))))
+    inf = samples.get(("resumeflow_node_duration_seconds_bucket", (("le", "+Inf"), ("node", "a"), ("workflow", "quick"))))
+    assert durations is not None and durations >= 1 and inf == durations, "completed attempts are timed"
     active = [v for (name, _), v in samples.items() if name == "resumeflow_active_runs"]
     assert active and all(v >= 0 and not math.isnan(v) for v in active)
 

@@ -690,9 +690,12 @@ class Engine:
         labels: Mapping[str, str] | None = None,
         limit: int | None = None,
         after: str | None = None,
+        newest_first: bool = False,
+        offset: int = 0,
     ) -> list[RunState]:
-        """Runs in the store, oldest first, filtered by ``status``, ``workflow`` and
-        ``labels`` (all must match); ``limit`` and ``after`` (a run id: only runs after it)
+        """Runs in the store, oldest first (``newest_first``: the reverse), filtered by
+        ``status``, ``workflow`` and ``labels`` (all must match); ``limit``, ``offset``
+        (matching runs skipped) and ``after`` (a run id: only runs after it in that order)
         page through them. No value is read until a state's ``.values`` is used.
 
         >>> import resumeflow as rf, tempfile, os
@@ -704,11 +707,17 @@ class Engine:
         ...     _ = [engine.submit(wf, run_id=f"r{i}", labels={"team": "a"}) for i in range(3)]
         ...     [s.run_id for s in engine.list_runs("queued", labels={"team": "a"}, limit=2, after="r0")]
         ['r1', 'r2']
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "l.db")) as engine:
+        ...     _ = [engine.submit(wf, run_id=f"r{i}") for i in range(3)]
+        ...     [s.run_id for s in engine.list_runs(newest_first=True, offset=1)]
+        ['r1', 'r0']
         """
         if limit is not None:
             limit = _count("limit", limit, 1, hint=" (or None for every run)")
+        offset = _count("offset", offset, 0)
         wanted = dict(labels) if labels else None
-        found = self._core.list_runs_filtered(status, workflow, wanted, limit, after)
+        found = self._core.list_runs_filtered(status, workflow, wanted, limit, after,
+                                              bool(newest_first), offset)
         return [self._state(d, lazy=True) for d in found]
 
     def events(

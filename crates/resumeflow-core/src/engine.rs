@@ -335,6 +335,11 @@ impl Engine {
         self.inner.store.latency()
     }
 
+    /// Store-wide aggregates for metrics ([`crate::store::Store::summary`]).
+    pub fn store_summary(&self, recent_since: f64) -> Result<crate::store::summary::StoreSummary> {
+        self.inner.store.summary(recent_since)
+    }
+
     /// Blocks until the store changed since marker `seen` or `timeout`; the new marker.
     pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> Result<u64> {
         self.inner.store.wait_for_change(seen, timeout)

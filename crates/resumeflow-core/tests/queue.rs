@@ -247,6 +247,97 @@ fn list_runs_filters_and_pages() {
         ..RunFilter::default()
     })
     .is_empty());
+    assert_eq!(
+        ids(RunFilter {
+            newest_first: true,
+            ..RunFilter::default()
+        }),
+        ["l4", "l3", "l2", "l1", "l0"]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            newest_first: true,
+            offset: 1,
+            limit: Some(2),
+            ..RunFilter::default()
+        }),
+        ["l3", "l2"]
+    );
+    // The offset counts matching runs only.
+    assert_eq!(
+        ids(RunFilter {
+            newest_first: true,
+            offset: 1,
+            labels: BTreeMap::from([("team".into(), "a".into())]),
+            ..RunFilter::default()
+        }),
+        ["l2", "l0"]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            newest_first: true,
+            after: Some("l3".into()),
+            ..RunFilter::default()
+        }),
+        ["l2", "l1", "l0"]
+    );
+}
+
+#[test]
+fn the_store_summary_query_agrees_with_folding_every_run() {
+    use resumeflow_core::store::summary::summarize;
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    counter.script("n1", Script::FailFatal);
+    for i in 0..3 {
+        let opts = StartOptions {
+            run_id: Some(format!("s{i}")),
+            ..StartOptions::default()
+        };
+        finish(
+            &engine
+                .start(chain(3), counter.executor(), seed(i), opts)
+                .unwrap(),
+        );
+    }
+    counter.clear_script("n1");
+    finish(
+        &engine
+            .start(
+                chain(3),
+                counter.executor(),
+                seed(9),
+                StartOptions::default(),
+            )
+            .unwrap(),
+    );
+    submit(&engine, "queued", 1);
+    let states: Vec<_> = engine.list_runs(None).unwrap();
+    let summary = engine.store_summary(0.0).unwrap();
+    let folded = summarize(&states, 0.0);
+    assert_eq!(summary.runs, folded.runs);
+    assert_eq!(summary.nodes.len(), folded.nodes.len());
+    for (a, b) in summary.nodes.iter().zip(&folded.nodes) {
+        assert!(
+            (a.duration_sum_s - b.duration_sum_s).abs() < 1e-9,
+            "{a:?} {b:?}"
+        );
+        let mut a = a.clone();
+        a.duration_sum_s = b.duration_sum_s; // summed in another order
+        assert_eq!(&a, b);
+    }
+    let failed = summary.runs.iter().find(|r| r.status == "failed").unwrap();
+    assert_eq!((failed.runs, failed.recent), (3, 3));
+    let done: u64 = summary
+        .nodes
+        .iter()
+        .filter(|n| n.status == "completed")
+        .map(resumeflow_core::store::summary::NodeCount::durations)
+        .sum();
+    assert_eq!(done, 3 + 3); // n0 of each failed run, n0..n2 of the completed one
+    let later = engine.store_summary(f64::MAX).unwrap();
+    assert!(later.runs.iter().all(|r| r.recent == 0));
 }
 
 #[test]

@@ -489,7 +489,8 @@ impl PyEngine {
     }
 
     /// Runs matching the filters, as state dicts (no value is loaded).
-    #[pyo3(signature = (status=None, workflow=None, labels=None, limit=None, after=None))]
+    #[pyo3(signature = (status=None, workflow=None, labels=None, limit=None, after=None, newest_first=false, offset=0))]
+    #[allow(clippy::too_many_arguments)]
     fn list_runs_filtered<'py>(
         &self,
         py: Python<'py>,
@@ -498,6 +499,8 @@ impl PyEngine {
         labels: Option<BTreeMap<String, String>>,
         limit: Option<usize>,
         after: Option<String>,
+        newest_first: bool,
+        offset: usize,
     ) -> PyResult<Bound<'py, PyList>> {
         let status = status.map(parse_status).transpose()?;
         let filter = resumeflow_core::store::RunFilter {
@@ -506,6 +509,8 @@ impl PyEngine {
             labels: labels.unwrap_or_default(),
             limit,
             after,
+            newest_first,
+            offset,
         };
         let runs = detached(py, || self.engine.list_runs_filtered(&filter))?;
         state_list(py, &runs)
@@ -531,6 +536,47 @@ impl PyEngine {
         d.set_item("commit", series(&latency.commit)?)?;
         d.set_item("state_load", series(&latency.state_load)?)?;
         Ok(Some(d))
+    }
+
+    /// Store-wide aggregates: `{"runs": [{"workflow", "status", "runs", "recent"}], "nodes":
+    /// [{"workflow", "node", "status", "attempts", "oom", "duration_buckets",
+    /// "duration_sum_s"}], "duration_bounds": [...]}` (`recent`: runs updated at or after
+    /// `recent_since`; `duration_buckets`: per bound, not cumulative, then the overflow).
+    fn store_summary<'py>(
+        &self,
+        py: Python<'py>,
+        recent_since: f64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let summary = detached(py, || self.engine.store_summary(recent_since))?;
+        let runs = PyList::empty(py);
+        for r in &summary.runs {
+            let d = PyDict::new(py);
+            d.set_item("workflow", &r.workflow)?;
+            d.set_item("status", &r.status)?;
+            d.set_item("runs", r.runs)?;
+            d.set_item("recent", r.recent)?;
+            runs.append(d)?;
+        }
+        let nodes = PyList::empty(py);
+        for n in &summary.nodes {
+            let d = PyDict::new(py);
+            d.set_item("workflow", &n.workflow)?;
+            d.set_item("node", &n.node)?;
+            d.set_item("status", &n.status)?;
+            d.set_item("attempts", n.attempts)?;
+            d.set_item("oom", n.oom)?;
+            d.set_item("duration_buckets", n.duration_buckets.clone())?;
+            d.set_item("duration_sum_s", n.duration_sum_s)?;
+            nodes.append(d)?;
+        }
+        let d = PyDict::new(py);
+        d.set_item("runs", runs)?;
+        d.set_item("nodes", nodes)?;
+        d.set_item(
+            "duration_bounds",
+            resumeflow_core::store::summary::DURATION_BOUNDS_S.to_vec(),
+        )?;
+        Ok(d)
     }
 
     /// Waits (GIL released) up to `timeout` seconds for the store to change after marker

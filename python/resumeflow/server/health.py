@@ -1,9 +1,10 @@
 """``/healthz`` and ``/metrics`` (Prometheus text format; no run ids in it).
 
 Metrics are computed from the store when scraped (nothing is counted per node while nothing
-scrapes): runs by workflow and status, node attempts by outcome, durations of completed
-attempts, OOM retries, active runs, the store's size; ``resumeflow_runs_started_total`` counts
-the runs this server started."""
+scrapes), from one grouped query in the core (``store_summary``: runs by workflow and status,
+node attempts by outcome, durations of completed attempts, OOM failures) rather than by
+loading every run; plus active runs, the store's size and the core's own commit and
+state-load histograms. ``resumeflow_runs_started_total`` counts the runs this server started."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -19,8 +21,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 import resumeflow as rf
 
-#: Bucket bounds (seconds) of node durations.
-DURATION_BUCKETS = (0.005, 0.05, 0.5, 5.0, 60.0, 600.0, 3600.0, 86400.0)
 FINISHED = ("completed", "failed", "cancelled")
 
 
@@ -44,14 +44,13 @@ def store_bytes(path: str) -> int:
 def health(engine: rf.Engine) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` answer: 200 when the store can be read, else 503."""
     try:
-        failed = engine.list_runs("failed")
-        cutoff = time.time() - 3600
+        summary = engine._core.store_summary(time.time() - 3600)
         doc: dict[str, Any] = {
             "status": "ok",
             "version": rf.__version__,
             "active_runs": len(engine._core.active_runs()),
             "store_bytes": store_bytes(engine.path),
-            "failed_runs_last_hour": sum(1 for s in failed if s.updated_at >= cutoff),
+            "failed_runs_last_hour": sum(r["recent"] for r in summary["runs"] if r["status"] == "failed"),
             "commit_latency_p95_s": None,
         }
         latency = engine._core.store_latency()
@@ -69,41 +68,36 @@ class StoreCollector:
         self.engine = engine
 
     def collect(self) -> Iterator[Any]:
-        runs = self.engine.list_runs()
+        summary = self.engine._core.store_summary(0.0)
         finished = CounterMetricFamily(
             "resumeflow_runs_finished", "Runs that ended, by workflow and status", labels=["workflow", "status"]
         )
+        for row in summary["runs"]:
+            if row["status"] in FINISHED:
+                finished.add_metric([row["workflow"], row["status"]], row["runs"])
         attempts = CounterMetricFamily(
             "resumeflow_node_attempts", "Node attempts started, by outcome of the latest", labels=["workflow", "node", "outcome"]
         )
         ooms = CounterMetricFamily("resumeflow_oom_retries", "Nodes whose last failure was an out-of-memory", labels=["workflow", "node"])
-        by_status: Counter[tuple[str, str]] = Counter()
-        by_node: Counter[tuple[str, str, str]] = Counter()
-        oom: Counter[tuple[str, str]] = Counter()
-        durations: dict[tuple[str, str], list[float]] = {}
-        for state in runs:
-            if state.status in FINISHED:
-                by_status[(state.workflow, state.status)] += 1
-            for node, ns in state.nodes.items():
-                if ns.attempt:
-                    by_node[(state.workflow, node, ns.status)] += ns.attempt
-                if ns.error and "OutOfMemory" in ns.error:
-                    oom[(state.workflow, node)] += 1
-                if ns.status == "completed" and ns.started_at and ns.finished_at:
-                    durations.setdefault((state.workflow, node), []).append(ns.finished_at - ns.started_at)
-        for (wf, status), n in sorted(by_status.items()):
-            finished.add_metric([wf, status], n)
-        for (wf, node, outcome), n in sorted(by_node.items()):
-            attempts.add_metric([wf, node, outcome], n)
-        for (wf, node), n in sorted(oom.items()):
-            ooms.add_metric([wf, node], n)
         hist = HistogramMetricFamily(
             "resumeflow_node_duration_seconds", "Duration of completed node attempts", labels=["workflow", "node"]
         )
-        for (wf, node), values in sorted(durations.items()):
-            buckets = [(str(b), sum(1 for v in values if v <= b)) for b in DURATION_BUCKETS]
-            buckets.append(("+Inf", len(values)))
-            hist.add_metric([wf, node], buckets, sum(values))
+        oom: Counter[tuple[str, str]] = Counter()
+        bounds = summary["duration_bounds"]
+        for row in summary["nodes"]:
+            wf_node = (row["workflow"], row["node"])
+            if row["attempts"]:
+                attempts.add_metric([*wf_node, row["status"]], row["attempts"])
+            if row["oom"]:
+                oom[wf_node] += row["oom"]
+            per_bucket = row["duration_buckets"]
+            if row["status"] == "completed" and sum(per_bucket):
+                cumulative = list(accumulate(per_bucket))
+                buckets = [(str(b), c) for b, c in zip(bounds, cumulative, strict=False)]
+                buckets.append(("+Inf", cumulative[-1]))
+                hist.add_metric(list(wf_node), buckets, row["duration_sum_s"])
+        for wf_node, n in sorted(oom.items()):
+            ooms.add_metric(list(wf_node), n)
         latency = self.engine._core.store_latency()
         if latency is not None:
             for name, key, help_text in (

@@ -107,9 +107,8 @@ class RunService:
 
     def list_runs(self, *, status: str | None, workflow: str | None, limit: int, offset: int) -> dict[str, Any]:
         """``GET /api/v1/runs``: newest first."""
-        runs = self.engine.list_runs(status, workflow=workflow)
-        runs.reverse()
-        return {"runs": [run_json(s) for s in runs[offset : offset + limit]]}
+        runs = self.engine.list_runs(status, workflow=workflow, limit=limit, offset=offset, newest_first=True)
+        return {"runs": [run_json(s) for s in runs]}
 
     def results(self, run_id: str) -> dict[str, Any]:
         """``GET /api/v1/runs/ID/results``."""

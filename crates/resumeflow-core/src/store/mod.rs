@@ -11,6 +11,7 @@ pub mod latency;
 pub(crate) mod queue;
 mod schema;
 mod sqlite;
+pub mod summary;
 mod threads_sqlite;
 mod writer;
 
@@ -215,7 +216,9 @@ pub struct StoredRun {
 }
 
 /// Which runs [`Store::list_runs_filtered`] returns: all filters must match; runs come
-/// oldest first (`created_at`, then `run_id`), at most `limit`, after the run `after`.
+/// oldest first (`created_at`, then `run_id`) or, with `newest_first`, in the reverse order;
+/// the first `offset` matching runs are skipped, then at most `limit` come, after the run
+/// `after` (in that order).
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     pub status: Option<RunStatus>,
@@ -225,6 +228,10 @@ pub struct RunFilter {
     pub limit: Option<usize>,
     /// Keyset paging: only runs after this run id in the order above.
     pub after: Option<String>,
+    /// Newest first (`created_at` then `run_id`, both descending).
+    pub newest_first: bool,
+    /// Matching runs skipped before the first one returned.
+    pub offset: usize,
 }
 
 /// What a `cleanup` call should delete.
@@ -307,6 +314,16 @@ pub trait Store: Send + Sync + 'static {
     /// happen (woken at once by this process's commits; other processes' are noticed within
     /// a few milliseconds); returns the current marker either way.
     fn wait_for_change(&self, seen: u64, timeout: std::time::Duration) -> Result<u64>;
+
+    /// Store-wide aggregates (runs by workflow and status, node attempts, OOM failures and
+    /// durations): what metrics scrape. `recent_since` (seconds since the epoch) splits off
+    /// the runs updated since. The default folds every loaded run; a store overrides it
+    /// with one grouped query.
+    fn summary(&self, recent_since: f64) -> Result<summary::StoreSummary> {
+        let runs = self.list_runs(None)?;
+        let states: Vec<RunState> = runs.into_iter().map(|r| r.state).collect();
+        Ok(summary::summarize(&states, recent_since))
+    }
 
     /// Commit and state-load latencies the store measured, if it measures them.
     fn latency(&self) -> Option<latency::StoreLatency> {

@@ -728,17 +728,24 @@ impl Store for SqliteStore {
     }
 
     fn list_runs_filtered(&self, filter: &super::RunFilter) -> Result<Vec<StoredRun>> {
+        const OLDEST_FIRST: &str = "SELECT run_id FROM runs
+              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2)
+                AND (?3 IS NULL OR (created_at, run_id) >
+                     (SELECT created_at, run_id FROM runs WHERE run_id = ?3))
+              ORDER BY created_at, run_id";
+        const NEWEST_FIRST: &str = "SELECT run_id FROM runs
+              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2)
+                AND (?3 IS NULL OR (created_at, run_id) <
+                     (SELECT created_at, run_id FROM runs WHERE run_id = ?3))
+              ORDER BY created_at DESC, run_id DESC";
         self.read(|conn| {
             let map = sql(&self.path);
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT run_id FROM runs
-                      WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2)
-                        AND (?3 IS NULL OR (created_at, run_id) >
-                             (SELECT created_at, run_id FROM runs WHERE run_id = ?3))
-                      ORDER BY created_at, run_id",
-                )
-                .map_err(&map)?;
+            let query = if filter.newest_first {
+                NEWEST_FIRST
+            } else {
+                OLDEST_FIRST
+            };
+            let mut st = conn.prepare_cached(query).map_err(&map)?;
             let ids = st
                 .query_map(
                     rusqlite::params![
@@ -750,20 +757,102 @@ impl Store for SqliteStore {
                 )
                 .map_err(&map)?;
             let mut out = Vec::new();
+            let mut skip = filter.offset;
             for id in ids {
                 if filter.limit.is_some_and(|limit| out.len() >= limit) {
                     break;
                 }
-                let run = self.stored_run(conn, &id.map_err(&map)?, true)?;
+                let id = id.map_err(&map)?;
+                if filter.labels.is_empty() && skip > 0 {
+                    skip -= 1; // skipped without loading it
+                    continue;
+                }
+                let run = self.stored_run(conn, &id, true)?;
                 let labelled = filter
                     .labels
                     .iter()
                     .all(|(k, v)| run.state.labels.get(k) == Some(v));
-                if labelled {
-                    out.push(run);
+                if !labelled {
+                    continue;
                 }
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                out.push(run);
             }
             Ok(out)
+        })
+    }
+
+    fn summary(&self, recent_since: f64) -> Result<super::summary::StoreSummary> {
+        use super::summary::{NodeCount, RunCount, StoreSummary, DURATION_BOUNDS_S};
+        // One bucket column per bound (`<=` the bound, `>` the previous), then the overflow.
+        let timed =
+            "n.status = 'completed' AND n.started_at IS NOT NULL AND n.finished_at IS NOT NULL";
+        let duration = "n.finished_at - n.started_at";
+        let mut lower = String::from("-1e300");
+        let mut columns = Vec::with_capacity(DURATION_BOUNDS_S.len() + 1);
+        for bound in DURATION_BOUNDS_S {
+            columns.push(format!(
+                ", SUM(CASE WHEN {timed} AND {duration} > {lower} AND {duration} <= {bound:e} \
+                 THEN 1 ELSE 0 END)"
+            ));
+            lower = format!("{bound:e}");
+        }
+        columns.push(format!(
+            ", SUM(CASE WHEN {timed} AND {duration} > {lower} THEN 1 ELSE 0 END)"
+        ));
+        let buckets = columns.concat();
+        let node_query = format!(
+            "SELECT r.workflow, n.node_id, n.status, SUM(n.attempt),
+                    SUM(CASE WHEN n.error LIKE '%OutOfMemory%' THEN 1 ELSE 0 END),
+                    TOTAL(CASE WHEN {timed} THEN n.finished_at - n.started_at END){buckets}
+               FROM node_states n JOIN runs r ON r.run_id = n.run_id
+              GROUP BY r.workflow, n.node_id, n.status
+              ORDER BY r.workflow, n.node_id, n.status"
+        );
+        self.read(|conn| {
+            let map = sql(&self.path);
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT workflow, status, COUNT(*), SUM(CASE WHEN updated_at >= ?1 THEN 1 ELSE 0 END)
+                       FROM runs GROUP BY workflow, status ORDER BY workflow, status",
+                )
+                .map_err(&map)?;
+            let runs = st
+                .query_map([recent_since], |r| {
+                    Ok(RunCount {
+                        workflow: r.get(0)?,
+                        status: r.get(1)?,
+                        runs: r.get::<_, i64>(2)? as u64,
+                        recent: r.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .map_err(&map)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(&map)?;
+            let mut st = conn.prepare_cached(&node_query).map_err(&map)?;
+            let nodes = st
+                .query_map([], |r| {
+                    let mut duration_buckets = Vec::with_capacity(DURATION_BOUNDS_S.len() + 1);
+                    for i in 0..=DURATION_BOUNDS_S.len() {
+                        duration_buckets.push(r.get::<_, i64>(6 + i)? as u64);
+                    }
+                    Ok(NodeCount {
+                        workflow: r.get(0)?,
+                        node: r.get(1)?,
+                        status: r.get(2)?,
+                        attempts: r.get::<_, i64>(3)? as u64,
+                        oom: r.get::<_, i64>(4)? as u64,
+                        duration_sum_s: r.get(5)?,
+                        duration_buckets,
+                    })
+                })
+                .map_err(&map)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(&map)?;
+            Ok(StoreSummary { runs, nodes })
         })
     }
 
