@@ -533,6 +533,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=int, metavar="N", help="retention: keep the newest N checkpoints of each run")
     p.add_argument("--keep-days", type=float, metavar="D", help="retention: delete checkpoints older than D days")
     p.set_defaults(func=cmd_serve, prepare=_prepare_serve)
+    p = sub.add_parser(
+        "mcp", parents=[common], help="serve MODULE:WORKFLOW ... as MCP tools over stdio",
+        description="MCP (Model Context Protocol) over stdin/stdout, for an MCP client that spawns "
+        "it (e.g. claude mcp add resumeflow -- resumeflow mcp train:wf --db runs.db). It also "
+        "executes the runs it starts and recovers stale ones. Needs the MCP extra: "
+        "pip install 'resumeflow[mcp]'.",
+    )
+    p.add_argument("workflows", nargs="+", metavar="MODULE:WORKFLOW")
+    p.add_argument("--server-url", default="http://127.0.0.1:8765",
+                   help="the resumeflow serve whose event streams invoke_stream names")
+    p.add_argument("--token", help="bearer token of that server, sent in the stream headers "
+                   "invoke_stream returns (also RESUMEFLOW_TOKEN)")
+    p.add_argument("--max-concurrency", type=int, metavar="N", help="nodes executed at the same time")
+    p.set_defaults(func=cmd_mcp, prepare=_prepare_mcp)
     return parser
 
 
@@ -556,6 +570,34 @@ def cmd_serve(engine: rf.Engine, args: argparse.Namespace) -> int:
           f"{', '.join(wf.name for wf in args.loaded)}; store {args.db})", file=sys.stderr, flush=True)
     serve(engine, args.loaded, host=args.host, port=args.port, token=args.token, max_body=args.max_body,
           keep_checkpoints=args.keep_checkpoints, keep_days=args.keep_days)
+    return 0
+
+
+def _prepare_mcp(args: argparse.Namespace) -> None:
+    """Checks the SDK is installed and imports the workflows before the store is opened."""
+    try:
+        import mcp.server.mcpserver  # noqa: F401
+
+        from .server import mcp_stdio  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"MCP needs its extra: pip install 'resumeflow[mcp]' ({e.name} is missing)") from None
+    args.loaded = [_load_workflow(ref) for ref in args.workflows]
+    for wf in args.loaded:
+        wf.validate()
+    args.token = args.token or os.environ.get("RESUMEFLOW_TOKEN") or None
+
+
+def cmd_mcp(engine: rf.Engine, args: argparse.Namespace) -> int:
+    """``resumeflow mcp MODULE:WORKFLOW [...] [--server-url URL]``: the MCP tools over stdio
+    (stdout carries the protocol only; messages go to stderr).
+
+    Example: ``claude mcp add resumeflow -- resumeflow mcp train:wf --db runs.db``.
+    """
+    from .server.mcp_stdio import serve_stdio
+
+    print(f"resumeflow mcp: serving {', '.join(wf.name for wf in args.loaded)} over stdio "
+          f"(store {args.db}; streams on {args.server_url})", file=sys.stderr, flush=True)
+    serve_stdio(engine, args.loaded, server_url=args.server_url, token=args.token)
     return 0
 
 

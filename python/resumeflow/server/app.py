@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import resumeflow as rf
 
-from . import errors, health
+from . import errors, health, mcp_http
 from .auth import token_ok
 from .feed import ChangeFeed
 from .routes import router
@@ -106,13 +106,15 @@ def create_app(
     feed = ChangeFeed(engine)
     supervisor = Supervisor(engine, list(service.workflows.values()),
                             keep_checkpoints=keep_checkpoints, keep_days=keep_days)
+    mcp_sessions = mcp_http.session_manager(service, token=token)  # None without the MCP SDK
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         feed.start()
         supervisor.start()
         try:
-            yield
+            async with mcp_http.running(mcp_sessions):
+                yield
         finally:
             supervisor.stop()
             feed.stop()
@@ -123,6 +125,7 @@ def create_app(
     app.state.supervisor = supervisor
     app.state.metrics = health.Metrics(engine)
     app.include_router(router)
+    mcp_http.mount(app, mcp_sessions)
     store_path = engine.path
 
     @app.exception_handler(errors.ServiceError)
