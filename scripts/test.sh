@@ -16,6 +16,14 @@ cargo test --workspace --quiet
 echo "== python setup"
 VENV=$("$ROOT/scripts/setup-venv.sh" | tail -n 1)
 
+echo "== browser for the web monitor tests (Debian's chromium and chromedriver)"
+if [ ! -x /usr/bin/chromedriver ]; then
+  SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y chromium chromium-driver \
+    || { $SUDO apt-get update && $SUDO apt-get install -y chromium chromium-driver; }
+fi
+
 echo "== ruff"
 "$VENV/bin/ruff" check python tests benches
 

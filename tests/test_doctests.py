@@ -22,6 +22,7 @@ MODULES = [
     "resumeflow.server.insight",
     "resumeflow.server.mcp_http",
     "resumeflow.server.mcp_tools",
+    "resumeflow.server.run_feed",
     "resumeflow.server.serve",
     "resumeflow.server.service",
     "resumeflow.server.stream",

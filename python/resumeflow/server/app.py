@@ -15,10 +15,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import resumeflow as rf
 
-from . import errors, health, mcp_http
+from . import errors, health, mcp_http, web
 from .auth import token_ok
 from .feed import ChangeFeed
 from .routes import router
+from .run_feed import RunFeed
 from .service import RunService
 from .supervisor import Supervisor
 
@@ -104,6 +105,7 @@ def create_app(
     """
     service = RunService(engine, workflows)
     feed = ChangeFeed(engine)
+    run_feed = RunFeed(engine, feed)
     supervisor = Supervisor(engine, list(service.workflows.values()),
                             keep_checkpoints=keep_checkpoints, keep_days=keep_days)
     mcp_sessions = mcp_http.session_manager(service, token=token)  # None without the MCP SDK
@@ -116,16 +118,19 @@ def create_app(
             async with mcp_http.running(mcp_sessions):
                 yield
         finally:
+            await run_feed.stop()
             supervisor.stop()
             feed.stop()
 
     app = FastAPI(title="resumeflow", version=rf.__version__, lifespan=lifespan)
     app.state.service = service
     app.state.feed = feed
+    app.state.run_feed = run_feed
     app.state.supervisor = supervisor
     app.state.metrics = health.Metrics(engine)
     app.include_router(router)
     mcp_http.mount(app, mcp_sessions)
+    web.mount(app)
     store_path = engine.path
 
     @app.exception_handler(errors.ServiceError)

@@ -82,6 +82,22 @@ async def cancel_run(request: Request, run_id: str) -> JSONResponse:
     return JSONResponse(await _call(_service(request).control, run_id, "cancel"), status_code=202)
 
 
+@router.get("/events", summary="Server-Sent Events: every run's status changes, store-wide (live)")
+async def store_events(
+    request: Request,
+    workflow: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.\-]{1,200}$")] = None,
+    since: Annotated[float | None, Query(ge=0)] = None,
+) -> EventSourceResponse:
+    """``counts`` first (``{"counts": {status: n}, "total": n}``, again whenever they change),
+    then a ``run`` message (``run_id``, ``workflow``, ``status``, ``previous``, ``completed``,
+    ``total``, ``created_at``, ``updated_at``, ``error``, ``checkpoint_id``) for every run whose
+    status, progress or checkpoint changes; with ``since``, first every run updated at or after that time. Messages carry no
+    id: a reconnecting client re-reads ``GET /api/v1/runs``. Only changes after the stream
+    opened are sent, so a client opens it before reading the list."""
+    feed = request.app.state.run_feed
+    return EventSourceResponse(feed.subscribe(workflow=workflow, since=since), ping=KEEPALIVE_S)
+
+
 @router.get("/runs/{run_id}/events", summary="Server-Sent Events: the run's durable log, then live")
 async def run_events(
     request: Request,
