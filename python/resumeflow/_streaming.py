@@ -59,10 +59,13 @@ class Subscription:
     ('completed', True)
     """
 
-    def __init__(self, run_id: str, running: Callable[[], bool]) -> None:
+    def __init__(self, run_id: str, running: Callable[[], bool],
+                 on_item: Callable[[], None] | None = None) -> None:
         self.run_id = run_id
         self._running = running
-        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = (
+            queue.SimpleQueue() if on_item is None else _NotifyingQueue(on_item)
+        )
         with _lock:
             _subscribers.setdefault(run_id, []).append(self._queue)
         # A subscription dropped without being iterated to the end stops receiving chunks.
@@ -82,6 +85,19 @@ class Subscription:
     def close(self) -> None:
         """Stops receiving chunks."""
         self._finalizer()
+
+
+class _NotifyingQueue(queue.SimpleQueue):  # type: ignore[type-arg]
+    """A subscriber's queue that also calls ``on_item`` (from the publishing thread) after
+    each item, so that an asyncio consumer is woken instead of polling."""
+
+    def __init__(self, on_item: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_item = on_item
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._on_item()
 
 
 def _unsubscribe(run_id: str, q: queue.SimpleQueue[tuple[str, Any]]) -> None:

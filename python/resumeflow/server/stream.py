@@ -5,9 +5,11 @@ exactly once, in order, across server restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, cast
 
 import anyio
@@ -35,8 +37,6 @@ TERMINAL = frozenset({"workflow_paused", "workflow_complete", "workflow_failed",
 STOPPED = frozenset({"paused", "completed", "failed", "cancelled"})
 #: Events read from the store per page.
 PAGE = 500
-#: How often a stream of a run executing in this process looks for new streamed items (s).
-CHUNK_POLL_S = 0.05
 
 
 def _chunks(subscription: Subscription, run_id: str) -> list[dict[str, Any]]:
@@ -90,26 +90,30 @@ def _status(engine: rf.Engine, run_id: str) -> str:
 async def follow(engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, keepalive_s: float) -> AsyncIterator[dict[str, Any]]:
     """SSE messages of ``run_id`` after seq ``after``, then live ones, until a terminal one
     (or, with nothing left to send, until the run is stopped)."""
-    # Items of streaming nodes this process executes reach subscribers live, not the log.
-    subscription = Subscription(run_id, lambda: True)
+    # Items of streaming nodes this process executes reach subscribers live, not the log;
+    # each one wakes this stream.
+    item = asyncio.Event()
+    subscription = Subscription(run_id, lambda: True, on_item=lambda: feed.poke(item))
     try:
-        async for msg in _follow(engine, feed, run_id, after, keepalive_s, subscription):
+        async for msg in _follow(engine, feed, run_id, after, keepalive_s, subscription, item):
             yield msg
     finally:
         subscription.close()
 
 
 async def _follow(
-    engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, keepalive_s: float, subscription: Subscription
+    engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, keepalive_s: float,
+    subscription: Subscription, item: asyncio.Event,
 ) -> AsyncIterator[dict[str, Any]]:
     cursor = after
     attempts: dict[str, int] = {}
     stopped = False
     while True:
         seen = feed.version
+        item.clear()
         for chunk in _chunks(subscription, run_id):  # before the events that follow them
             yield chunk
-        events = await anyio.to_thread.run_sync(_page, engine, run_id, cursor)
+        events = await feed.read(("events", run_id, cursor, seen), partial(_page, engine, run_id, cursor))
         sent = False
         for event in events:
             cursor = event["seq"]
@@ -133,5 +137,4 @@ async def _follow(
                 continue
         else:
             stopped = False
-        executing_here = run_id in engine._core.active_runs()
-        await feed.wait(seen, CHUNK_POLL_S if executing_here else keepalive_s)
+        await feed.wait(seen, keepalive_s, also=item)
