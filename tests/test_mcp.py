@@ -356,6 +356,43 @@ def test_stdio_monitor_shows_a_run_whose_worker_was_killed_as_stuck_until_it_is_
     assert executions(ledger_path, run_id) == {"first": 1, "held": 2}
 
 
+_HOLDER = """
+import sys
+import resumeflow as rf
+import rf_server_workflows as w
+with rf.Engine(sys.argv[1], lease_seconds=1.0) as engine:
+    engine.run(w.remote, {"delay": 60}, run_id=sys.argv[2])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_live_worker_that_stopped_renewing_its_lease_is_stuck_with_an_expired_lease(tmp_path, ledger_path):
+    """The other stuck case: the lease holder's process still exists (here: SIGSTOPped, as a
+    hung host would be) but its lease ran out; the lease is read from the store."""
+    import resumeflow as rf
+    from resumeflow.server import insight
+
+    db = str(tmp_path / "runs.db")
+    run_id = new_id("expired")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, db, run_id], cwd=TESTS,
+                              env=child_env({"RF_LEDGER": str(ledger_path)}), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (f"{run_id}/held", 1) in ledger_lines(ledger_path))
+        os.killpg(holder.pid, signal.SIGSTOP)
+        with rf.Engine(db) as engine:
+            def stuck() -> dict[str, Any] | None:
+                found = {r["run_id"]: r for r in insight.overview(engine, "stuck")["stuck"]}
+                return found.get(run_id)
+
+            wait_for(lambda: stuck() is not None, timeout=30)
+            entry = stuck()
+            assert entry is not None and "lease expired" in entry["reason"], entry
+            assert entry["lease_owner"] and f":{holder.pid}:" in entry["lease_owner"], entry
+    finally:
+        _kill9(holder)
+
+
 # -- streamable HTTP on `resumeflow serve` ---------------------------------------------------
 
 HTTP_SERVED = ("rf_server_workflows:quick", "rf_server_workflows:slow", "rf_mcp_workflows:steps")

@@ -335,6 +335,13 @@ impl Engine {
         self.inner.store.latency()
     }
 
+    /// Who holds the run's lease and until when (seconds since the epoch): `(None, _)` when
+    /// nobody does. A lease whose time passed belongs to a worker that stopped renewing it.
+    pub fn run_lease(&self, run_id: &str) -> Result<(Option<String>, f64)> {
+        let run = self.inner.store.load_run_without_graph(run_id)?;
+        Ok((run.lease_owner, run.lease_expires))
+    }
+
     /// Store-wide aggregates for metrics ([`crate::store::Store::summary`]).
     pub fn store_summary(&self, recent_since: f64) -> Result<crate::store::summary::StoreSummary> {
         self.inner.store.summary(recent_since)

@@ -64,6 +64,9 @@ pub enum EventKind {
     NodeRetryScheduled {
         node: String,
         delay_ms: u64,
+        /// Why the wait is as long as it is, when the failure said (e.g. a `Retry-After`).
+        #[serde(default)]
+        reason: Option<String>,
     },
     NodeReset {
         node: String,

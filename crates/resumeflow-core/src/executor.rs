@@ -82,6 +82,12 @@ pub struct NodeFailure {
     pub peak_memory: Option<u64>,
     /// Adjusted inputs for the next attempt (e.g. a halved batch size), opaque bytes.
     pub next_inputs_override: Option<Vec<u8>>,
+    /// How long the failed service asked to be left alone (an HTTP `Retry-After`): the next
+    /// attempt waits at least this long, capped by the policy's `max_interval`.
+    pub retry_after: Option<std::time::Duration>,
+    /// Why the next attempt waits as it does (e.g. `HTTP 429 Retry-After: 20`), for the
+    /// retry event.
+    pub retry_reason: Option<String>,
 }
 
 impl NodeFailure {
@@ -92,6 +98,8 @@ impl NodeFailure {
             retryable: true,
             peak_memory: None,
             next_inputs_override: None,
+            retry_after: None,
+            retry_reason: None,
         }
     }
 

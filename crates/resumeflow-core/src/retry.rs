@@ -89,6 +89,25 @@ impl RetryPolicy {
         };
         Duration::from_secs_f64(secs.max(0.0))
     }
+
+    /// The wait before the next attempt: the backoff [`RetryPolicy::delay`], or longer when
+    /// the failed service asked for more (`retry_after`), never beyond `max_interval`
+    /// (unless the backoff itself is longer, which `max_interval` already bounds).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let p = resumeflow_core::RetryPolicy { jitter: false, ..Default::default() };
+    /// assert_eq!(p.delay_after(1, Some(Duration::from_secs(20))), Duration::from_secs(20));
+    /// assert_eq!(p.delay_after(1, Some(Duration::from_secs(600))), p.max_interval);
+    /// assert_eq!(p.delay_after(1, Some(Duration::ZERO)), p.delay(1));
+    /// ```
+    pub fn delay_after(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.delay(retry);
+        match retry_after {
+            Some(asked) => backoff.max(asked.min(self.max_interval)),
+            None => backoff,
+        }
+    }
 }
 
 #[cfg(test)]

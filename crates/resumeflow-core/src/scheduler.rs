@@ -484,7 +484,7 @@ impl Scheduler {
                 let policy = &self.setup.graph.nodes()[i].retry;
                 let will_retry =
                     failure.retryable && policy.allows_another(self.session_attempts[i]);
-                let delay = policy.delay(self.session_attempts[i]);
+                let delay = policy.delay_after(self.session_attempts[i], failure.retry_after);
                 if failure.next_inputs_override.is_some() {
                     self.overrides[i].clone_from(&failure.next_inputs_override);
                 }
@@ -501,6 +501,7 @@ impl Scheduler {
                     self.push(EventKind::NodeRetryScheduled {
                         node,
                         delay_ms: delay.as_millis() as u64,
+                        reason: failure.retry_reason,
                     });
                     self.phase[i] = Phase::Retrying;
                     self.retry_at.insert(i, Instant::now() + delay);

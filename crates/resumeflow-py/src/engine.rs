@@ -538,6 +538,15 @@ impl PyEngine {
         Ok(Some(d))
     }
 
+    /// The run's lease: `{"owner": str | None, "expires": float}` (seconds since the epoch).
+    fn run_lease<'py>(&self, py: Python<'py>, run_id: &str) -> PyResult<Bound<'py, PyDict>> {
+        let (owner, expires) = detached(py, || self.engine.run_lease(run_id))?;
+        let d = PyDict::new(py);
+        d.set_item("owner", owner)?;
+        d.set_item("expires", expires)?;
+        Ok(d)
+    }
+
     /// Store-wide aggregates: `{"runs": [{"workflow", "status", "runs", "recent"}], "nodes":
     /// [{"workflow", "node", "status", "attempts", "oom", "duration_buckets",
     /// "duration_sum_s"}], "duration_bounds": [...]}` (`recent`: runs updated at or after

@@ -55,7 +55,8 @@ fn queue() -> &'static TaskQueue {
 
 /// Hands each attempt to the Python worker pool and awaits the runner's result, which is
 /// `(True, encoded: bytes, live_object)` or
-/// `(False, error: str, retryable: bool, peak_memory: int | None, next_override: bytes | None)`.
+/// `(False, error: str, retryable: bool, peak_memory: int | None, next_override: bytes | None
+/// [, retry_after_s: float | None, retry_reason: str | None])`.
 pub struct PyExecutor {
     runner: Arc<Py<PyAny>>,
 }
@@ -146,6 +147,20 @@ fn parse_result(result: &Bound<'_, PyAny>) -> PyResult<Result<NodeOutput, NodeFa
             file,
         }))
     } else {
+        let retry_after = if result.len() > 5 {
+            result
+                .get_item(5)?
+                .extract::<Option<f64>>()?
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(1e9)))
+        } else {
+            None
+        };
+        let retry_reason = if result.len() > 6 {
+            result.get_item(6)?.extract::<Option<String>>()?
+        } else {
+            None
+        };
         Ok(Err(NodeFailure {
             error: result.get_item(1)?.extract()?,
             retryable: result.get_item(2)?.extract()?,
@@ -154,6 +169,8 @@ fn parse_result(result: &Bound<'_, PyAny>) -> PyResult<Result<NodeOutput, NodeFa
                 .get_item(4)?
                 .extract::<Option<Bound<'_, PyBytes>>>()?
                 .map(|b| b.as_bytes().to_vec()),
+            retry_after,
+            retry_reason,
         }))
     }
 }

@@ -5,8 +5,7 @@ These are domain rules, shared by every front end (the MCP tools today); no tran
 A run is *stuck* when it is ``running`` but nobody is executing it any more:
 
 - the lease on it has expired (its worker stopped renewing it — also what a worker does when a
-  node goes silent past its ``heartbeat_timeout``), read from the store when the core reports
-  ``lease_expires`` with a run's state; or
+  node goes silent past its ``heartbeat_timeout``), read from the store (``run_lease``); or
 - the lease is held by a process on this host that no longer exists (the worker was killed),
   the rule the engine's own recovery applies (``owner_is_dead`` in the core's ``lease.rs``).
 
@@ -18,9 +17,7 @@ from __future__ import annotations
 
 import os
 import statistics
-import threading
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import resumeflow as rf
@@ -164,66 +161,20 @@ def owner_is_dead(owner: str) -> bool:
     return pid != os.getpid() and not _process_alive(pid)
 
 
-class LeaseWatch:
-    """Who holds each run's lease, read from the runs' event logs (``LeaseAcquired`` and
-    ``LeaseReleased``) and remembered with a cursor, so each event is read once.
-
-    >>> import resumeflow as rf, tempfile, os
-    >>> wf = rf.Workflow("lease_doc")
-    >>> @wf.node
-    ... def a():
-    ...     return 1
-    >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "l.db")) as engine:
-    ...     _ = engine.run(wf, run_id="l1")
-    ...     LeaseWatch().holder(engine, "l1") is None  # released when the run completed
-    True
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[int, str | None, int | None]] = {}  # run -> cursor, owner, token
-        self._lock = threading.Lock()
-
-    def holder(self, engine: rf.Engine, run_id: str) -> str | None:
-        """The owner id of the lease on ``run_id`` now, or None if nobody holds it."""
-        with self._lock:
-            cursor, owner, token = self._seen.get(run_id, (0, None, None))
-        while True:
-            events = engine.events(run_id, after_seq=cursor, limit=1000)
-            for event in events:
-                cursor = event["seq"]
-                data = event["data"]
-                if event["kind"] == "LeaseAcquired":
-                    owner, token = data.get("owner"), data.get("token")
-                elif event["kind"] == "LeaseReleased" and data.get("token") in (token, None):
-                    owner, token = None, None
-            if len(events) < 1000:
-                break
-        with self._lock:
-            self._seen[run_id] = (cursor, owner, token)
-        return owner
-
-    def forget(self, keep: Iterable[str]) -> None:
-        """Drops what is remembered about runs other than ``keep``."""
-        wanted = set(keep)
-        with self._lock:
-            for run_id in [r for r in self._seen if r not in wanted]:
-                del self._seen[run_id]
-
-
-def stuck_reason(engine: rf.Engine, raw: dict[str, Any], watch: LeaseWatch, now: float | None = None) -> str | None:
-    """Why the running run whose raw core state is ``raw`` is stuck, or None if it is not
-    (or is not running)."""
+def stuck_reason(engine: rf.Engine, raw: dict[str, Any], now: float | None = None) -> tuple[str | None, str | None]:
+    """Why the running run whose raw core state is ``raw`` is stuck (None if it is not, or
+    is not running), and who holds its lease (read from the store)."""
     if raw["status"] != "running":
-        return None
+        return None, None
     now = time.time() if now is None else now
-    expires = raw.get("lease_expires")
-    owner = raw.get("lease_owner") or watch.holder(engine, raw["run_id"])
-    if isinstance(expires, (int, float)) and 0 < expires <= now:
-        return f"its lease expired {now - expires:.1f} s ago (held by {owner or 'nobody'}): its worker stopped renewing it"
+    lease = engine._core.run_lease(raw["run_id"])
+    owner, expires = lease["owner"], lease["expires"]
+    if owner and 0 < expires <= now:
+        return f"its lease expired {now - expires:.1f} s ago (held by {owner}): its worker stopped renewing it", owner
     if owner and owner_is_dead(owner):
         pid = owner.rsplit(":", 2)[1]
-        return f"its worker (pid {pid} on this host, lease owner {owner}) is gone; the lease is held by a dead process"
-    return None
+        return f"its worker (pid {pid} on this host, lease owner {owner}) is gone; the lease is held by a dead process", owner
+    return None, owner
 
 
 # -- the overview ----------------------------------------------------------------------------
@@ -275,7 +226,7 @@ def summary(state: rf.RunState, now: float | None = None) -> dict[str, Any]:
 OVERVIEW_FILTERS = ("active", "stuck", "failed", "queued", "pending", "running")
 
 
-def overview(engine: rf.Engine, watch: LeaseWatch, status: str | None = None) -> dict[str, list[dict[str, Any]]]:
+def overview(engine: rf.Engine, status: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """``{"active", "stuck", "failed"}``: runs with work left that someone is executing or
     will (queued ones included), running runs nobody executes any more (each with its
     ``reason``), and the newest :data:`FAILED_LIMIT` failed runs with their failing node and
@@ -289,7 +240,7 @@ def overview(engine: rf.Engine, watch: LeaseWatch, status: str | None = None) ->
     >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "o.db")) as engine:
     ...     _ = engine.start(wf, run_id="o1").wait()
     ...     _ = engine.submit(wf, run_id="o2")
-    ...     seen = overview(engine, LeaseWatch())
+    ...     seen = overview(engine)
     ...     [r["run_id"] for r in seen["active"]], seen["stuck"], [r["failed_node"] for r in seen["failed"]]
     (['o2'], [], ['boom'])
     """
@@ -299,20 +250,15 @@ def overview(engine: rf.Engine, watch: LeaseWatch, status: str | None = None) ->
     out: dict[str, list[dict[str, Any]]] = {"active": [], "stuck": [], "failed": []}
     if status in (None, "active", "stuck", "queued", "pending", "running"):
         wanted = [status] if status in ACTIVE else list(ACTIVE)
-        running_ids = []
         for run_status in wanted:
             for raw in engine._core.list_runs_filtered(run_status, None, None, None, None):
                 state = engine._state(raw, lazy=True)
-                reason = stuck_reason(engine, raw, watch, now)
-                if run_status == "running":
-                    running_ids.append(state.run_id)
+                reason, owner = stuck_reason(engine, raw, now)
                 if reason is None and status != "stuck":
                     out["active"].append(summary(state, now))
                 elif reason is not None and status != "active":
                     out["stuck"].append({**summary(state, now), "reason": reason,
-                                         "lease_owner": raw.get("lease_owner") or watch.holder(engine, state.run_id)})
-        if status is None or status in ("running", "active", "stuck"):
-            watch.forget(running_ids)
+                                         "lease_owner": owner})
     if status in (None, "failed"):
         failed = engine.list_runs("failed")
         failed.sort(key=lambda s: s.updated_at, reverse=True)

@@ -66,7 +66,6 @@ class _Tools:
         self.engine = service.engine
         self.stream_base = stream_base.rstrip("/") if stream_base else None
         self.token = token
-        self.leases = insight.LeaseWatch()
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` in a worker thread; any failure becomes a tool error."""
@@ -277,6 +276,6 @@ def build_mcp(service: RunService, *, stream_base: str | None = None, token: str
         worker is gone (lease expired or owner process dead; each with a reason; served workflows
         are recovered within seconds), "failed": the newest failed runs with their failing node
         and error (resume them with invoke_resume)}."""
-        return await tools.call(lambda: insight.overview(service.engine, tools.leases, status))
+        return await tools.call(lambda: insight.overview(service.engine, status))
 
     return server
