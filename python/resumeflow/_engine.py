@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import _codec, _events, _queue, _workers
+from . import _codec, _events, _queue, _tracing, _workers
 from ._core import (
     CoreEngine,
     CoreRun,
@@ -70,6 +70,7 @@ class Run:
         if result is None:
             raise TimeoutError(f"run {self.id!r} still running after {timeout} s")
         state, live = result
+        _tracing.finished(self._engine, self.id)
         return self._engine._state(state, live)
 
     def _wait_in_store(self, timeout: float | None) -> RunState:
@@ -412,7 +413,11 @@ class Engine:
         until: str | None = None,
     ) -> CoreRun:
         graph, encoded, all_labels = self._prepare_new_run(wf, inputs, labels)
-        return self._core.start(graph, self._runner(wf), encoded, run_id=run_id, until=until, labels=all_labels)
+        return _tracing.execute(
+            self, wf.name, "start", self._runner(wf),
+            lambda runner, labels: self._core.start(graph, runner, encoded, run_id=run_id, until=until, labels=labels),
+            labels=all_labels,
+        )
 
     def run(
         self,
@@ -458,7 +463,10 @@ class Engine:
         if run_id is not None and stored is not None:
             self._check_same_inputs(stored, inputs)
             with _mismatch_hint():
-                core = self._core.resume(run_id, graph, self._runner(wf), until=until)
+                core = _tracing.execute(
+                    self, wf.name, "resume", self._runner(wf),
+                    lambda runner, _labels: self._core.resume(run_id, graph, runner, until=until), run_id=run_id,
+                )
         else:
             core = self._start(wf, inputs, run_id=run_id, until=until)
         return self._track(core).wait()
@@ -535,10 +543,14 @@ class Engine:
         if isinstance(rerun, str):
             rerun = [rerun]
         with _mismatch_hint():
-            core = self._core.resume(
-                run_id, graph, self._runner(wf), checkpoint_id=checkpoint_id,
-                updates=encoded_updates, rerun=list(rerun) if rerun else None,
-                allow_mismatch=bool(allow_mismatch),
+            core = _tracing.execute(
+                self, wf.name, "resume", self._runner(wf),
+                lambda runner, _labels: self._core.resume(
+                    run_id, graph, runner, checkpoint_id=checkpoint_id,
+                    updates=encoded_updates, rerun=list(rerun) if rerun else None,
+                    allow_mismatch=bool(allow_mismatch),
+                ),
+                run_id=run_id,
             )
         return self._track(core)
 
@@ -571,6 +583,7 @@ class Engine:
         ('queued', {'double': 42})
         """
         graph, encoded, all_labels = self._prepare_new_run(wf, inputs, labels)
+        all_labels = _tracing.submit_labels(self, wf.name, all_labels)
         submitted = self._core.submit(graph, encoded, run_id=run_id, labels=all_labels)
         return Run(self, None, submitted)
 
@@ -645,7 +658,9 @@ class Engine:
         table = {
             name: (self._check_workflow(wf).validate(), self._runner(wf)) for name, wf in by_name.items()
         }
-        return [self._track(core) for core in self._core.recover(table)]
+        cores = self._core.recover(_tracing.shared_runners(self, "recover", table))
+        _tracing.began(self, "recover", cores)
+        return [self._track(core) for core in cores]
 
     # --- inspection ------------------------------------------------------------------------
 
@@ -744,6 +759,31 @@ class Engine:
             return list(self._core.events(run_id))
         return _events.typed(self._core.events_after(run_id, after_seq or 0, 1000 if limit is None else limit))
 
+    def metrics(self, recent_seconds: float = 3600.0) -> dict[str, Any]:
+        """Counts and latencies in one dict, read from the core: ``runs`` (rows of workflow,
+        status, runs, and ``recent``: those updated in the last ``recent_seconds``),
+        ``runs_total``, ``runs_by_status``, ``runs_started`` / ``runs_finished`` (by
+        workflow), ``nodes`` (per workflow and node: status of the latest attempt,
+        ``attempts``, ``retries`` (attempts beyond each node's first; None where the store
+        cannot tell, for nodes not completed), ``oom``, durations),
+        ``node_attempts_total``, ``retries_total``, ``oom_retries_total``,
+        ``commit_seconds`` and ``state_load_seconds`` (histograms, or None), ``active_runs``
+        (executing in this engine). ``resumeflow.tracing.instrument_metrics`` exports them.
+
+        >>> import resumeflow as rf, tempfile, os
+        >>> wf = rf.Workflow("metrics_engine_doc")
+        >>> @wf.node
+        ... def one():
+        ...     return 1
+        >>> with rf.Engine(os.path.join(tempfile.mkdtemp(), "m.db")) as engine:
+        ...     _ = [engine.run(wf) for _ in range(2)]
+        ...     engine.metrics()["runs_finished"]
+        {'metrics_engine_doc': {'completed': 2}}
+        """
+        from ._metrics import snapshot
+
+        return snapshot(self, recent_seconds)
+
     def check_integrity(self) -> str:
         """``PRAGMA integrity_check`` of the store: ``"ok"``, or the problems found.
 
@@ -781,6 +821,7 @@ class Engine:
                 raise
             except Exception:  # noqa: BLE001 - a failed run is the caller's to inspect
                 pass
+        _tracing.closing(self)
         self._core.close()
 
     def __enter__(self) -> Engine:

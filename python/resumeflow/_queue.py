@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import _tracing
+
 if TYPE_CHECKING:
     from ._core import CoreRun
     from ._engine import Engine
@@ -84,6 +86,7 @@ class Worker:
         still = []
         for handle in self.active:
             if handle.done():
+                _tracing.finished(self.engine, handle.id)
                 self.finished += 1
             else:
                 still.append(handle)
@@ -118,7 +121,9 @@ class Worker:
                 # `recover` tracks the handles on the engine already.
                 self.active += [r._core for r in self.engine.recover(self.workflows) if r._core is not None]
             # The core appends each claimed run to `active` itself, before returning.
-            while self._room() and core.claim(self.served, self.active):
+            served = _tracing.shared_runners(self.engine, "claim", self.served)
+            while self._room() and core.claim(served, self.active):
+                _tracing.began(self.engine, "claim", self.active[-1:])
                 self.engine._track(self.active[-1])
             if self.active:
                 idle_since = now

@@ -9,7 +9,7 @@ import inspect
 import threading
 from typing import Any
 
-from . import _codec, _streaming
+from . import _codec, _streaming, _tracing
 from ._context import NodeContext
 from ._failures import before_oom_retry, is_oom
 from ._workflow import Workflow
@@ -135,7 +135,9 @@ class Runner:
             # Several parts are joined by the core in one copy (no joined `bytes` here).
             return (True, parts[0] if len(parts) == 1 else list(parts), live, False)
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, even SystemExit
-            return self._failure(node, kwargs, exc)
+            failure = self._failure(node, kwargs, exc)
+            _tracing.attempt_failed(exc, core_ctx, failure)
+            return failure
 
     @staticmethod
     def _call(node: Any, kwargs: dict[str, Any], core_ctx: Any) -> Any:
