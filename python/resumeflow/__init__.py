@@ -31,7 +31,16 @@ from ._core import (
 )
 from ._core import __version__ as __version__
 from ._engine import Engine, Run
-from ._failures import NonRetryable, Retryable, RetryPolicy, Shrink, is_oom, is_retryable, shrink
+from ._failures import (
+    NonRetryable,
+    Retryable,
+    RetryPolicy,
+    Shrink,
+    is_oom,
+    is_retryable,
+    retry_on_status,
+    shrink,
+)
 from ._state import Checkpoint, NodeState, RunState, Undecodable
 from ._streaming import Subscription
 from ._workflow import Workflow
@@ -68,5 +77,6 @@ __all__ = [
     "is_oom",
     "is_retryable",
     "register_codec",
+    "retry_on_status",
     "shrink",
 ]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _network
 from ._core import ResumeflowError
 
 
@@ -85,7 +86,8 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """The default classifier: OOM, timeouts, connection and transient OS errors, Retryable.
+    """The default classifier: OOM, timeouts, connection and transient OS errors, Retryable,
+    and the transient failures of HTTP, gRPC and LLM clients (docs/failures.md has the table).
 
     >>> is_retryable(ConnectionResetError())
     True
@@ -96,6 +98,9 @@ def is_retryable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, Retryable):
         return True
+    verdict = _network.classify(exc)
+    if verdict is not None:
+        return verdict
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return True
     if is_oom(exc):
@@ -103,6 +108,47 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return True
     return False
+
+
+class _RetryOnStatus:
+    """The predicate :func:`retry_on_status` returns."""
+
+    def __init__(self, statuses: frozenset[int]) -> None:
+        self.statuses = statuses
+
+    def __call__(self, exc: BaseException) -> bool:
+        status = _network.status_of(exc)
+        if status is None:
+            return is_retryable(exc)
+        return status in self.statuses
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _RetryOnStatus) and other.statuses == self.statuses
+
+    def __hash__(self) -> int:
+        return hash(self.statuses)
+
+    def __repr__(self) -> str:
+        return f"retry_on_status({', '.join(map(str, sorted(self.statuses)))})"
+
+
+def retry_on_status(*statuses: int) -> Callable[[BaseException], bool]:
+    """A ``RetryPolicy(retry_on=...)`` predicate: an HTTP client's response error (httpx,
+    requests, aiohttp, the openai and anthropic SDKs) is retried when its status is one of
+    ``statuses``, and only then; every other failure as :func:`is_retryable` says.
+
+    >>> policy = RetryPolicy(retry_on=retry_on_status(429, 503))
+    >>> policy.retry_on
+    retry_on_status(429, 503)
+    >>> policy.classify(ConnectionResetError()), policy.classify(ValueError())
+    (True, False)
+    """
+    for status in statuses:
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise ValueError(f"retry_on_status takes HTTP status codes (100-599), got {status!r}")
+    if not statuses:
+        raise ValueError("retry_on_status needs at least one HTTP status code, e.g. retry_on_status(429, 503)")
+    return _RetryOnStatus(frozenset(statuses))
 
 
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]

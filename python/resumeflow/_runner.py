@@ -157,6 +157,7 @@ class Runner:
     @staticmethod
     def _failure(node: Any, kwargs: dict[str, Any], exc: BaseException) -> tuple[Any, ...]:
         from ._core import SerializationError
+        from ._network import retry_after
 
         if isinstance(exc, SerializationError):
             return (False, _describe(exc), False, None, None)
@@ -178,4 +179,6 @@ class Runner:
                     next_override = _codec.encode(new, node=node.id, what="inputs_override")
                 except Exception:  # keep the OOM as the reported failure
                     next_override = None
-        return (False, _describe(exc), retryable, peak, next_override)
+        # How long the server asked to wait (Retry-After), for the core's next backoff.
+        hint = retry_after(exc) if retryable else None
+        return (False, _describe(exc), retryable, peak, next_override, *(hint or (None, None)))

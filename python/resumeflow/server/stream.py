@@ -73,6 +73,8 @@ def message(run_id: str, event: dict[str, Any], attempts: dict[str, int]) -> dic
         data.update(error=fields.get("error"), retryable=fields.get("retryable"), will_retry=fields.get("will_retry"))
     elif kind == "step_retrying":
         data["delay_s"] = fields.get("delay_ms", 0) / 1000.0
+        if fields.get("reason"):
+            data["reason"] = fields["reason"]
     elif kind == "workflow_failed":
         data["error"] = fields.get("error")
     return {"id": str(event["seq"]), "event": kind, "data": json.dumps(data, allow_nan=False, default=repr)}
