@@ -39,9 +39,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import functools
+import json
 import logging
+import math
 import os
 import random
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -78,14 +81,152 @@ _PAGE = 256
 _DELTA_KEY = "counters_since_delta_snapshot"
 
 
-def _required(config: RunnableConfig | None, key: str, method: str) -> str:
-    """``config["configurable"][key]`` as text, or an ``InvalidArgument`` naming it."""
+def _required(config: RunnableConfig | None, key: str, method: str, *, allow_empty: bool = False) -> str:
+    """``config["configurable"][key]`` as text, or an ``InvalidArgument`` naming it (an empty
+    value is one only where SqliteSaver accepts it: a ``thread_id``)."""
     value = ((config or {}).get("configurable") or {}).get(key)
-    if value is None or value == "":
+    if value is None or (value == "" and not allow_empty):
         raise InvalidArgument(
             f"ResumeflowSaver.{method}: config['configurable'][{key!r}] is required, got {config!r}"
         )
     return str(value)
+
+
+def _checkpoint_id(config: RunnableConfig | None) -> str | None:
+    """The checkpoint id ``config`` names; an empty one names none ("the latest"), as in
+    SqliteSaver and InMemorySaver.
+
+    >>> _checkpoint_id({"configurable": {"thread_id": "t", "checkpoint_id": ""}}) is None
+    True
+    """
+    return (get_checkpoint_id(config) or None) if config else None
+
+
+#: Metadata filter keys SqliteSaver accepts (a dotted key is a path into nested metadata).
+_FILTER_KEY = re.compile(r"^[a-zA-Z0-9_.-]+$")
+_MISSING = object()
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it, the way SqliteSaver's ``json.dumps`` of metadata sees
+    it: keys as text (``1`` → ``"1"``, ``True`` → ``"true"``), tuples as lists; what JSON
+    cannot hold (bytes, sets, dates, NaN) is ``None`` — only for filtering: the metadata
+    itself is stored with the serializer, losslessly.
+
+    >>> _jsonable({1: (1, 2), "b": {True: b"x"}})
+    {'1': [1, 2], 'b': {'true': None}}
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_json_key(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return None
+
+
+def _json_key(key: Any) -> Any:
+    """A dict key as ``json.dumps`` writes it (other keys unchanged)."""
+    if isinstance(key, str):
+        return key
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, (int, float)):
+        return json.dumps(key)
+    return key
+
+
+def _text_keys(value: Any) -> Any:
+    """Metadata with its dict keys as text, recursively (SqliteSaver returns them so)."""
+    if isinstance(value, dict):
+        return {_json_key(k): _text_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text_keys(v) for v in value]
+    return value
+
+
+def _metadata_json(metadata: Any) -> str:
+    """The JSON form of metadata the store keeps for filters."""
+    text = json.dumps(_jsonable(metadata), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: escape it
+        text = json.dumps(_jsonable(metadata), separators=(",", ":"), allow_nan=False)
+    return text
+
+
+def _filter_operand(value: Any) -> Any:
+    """What SqliteSaver compares a metadata path with: None, a number, a str, or compact
+    JSON text for a dict or list (every other value as ``str``)."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _extract(document: Any, key: str) -> Any:
+    """SQLite's ``json_extract(document, '$.' || key)`` on a :func:`_jsonable` document:
+    ``None`` for a missing path, ``0``/``1`` for booleans, compact JSON for containers."""
+    current = document
+    for part in key.split("."):
+        if not isinstance(current, dict) or part not in current:
+            return None
+        current = current[part]
+    if isinstance(current, bool):
+        return int(current)
+    if isinstance(current, (dict, list)):
+        return json.dumps(current, ensure_ascii=False, separators=(",", ":"))
+    return current
+
+
+def _metadata_matches(metadata: Any, operands: builtins.list[tuple[str, Any]]) -> bool:
+    """Whether metadata passes every ``(key, operand)`` of a filter, as SqliteSaver decides.
+
+    >>> _metadata_matches({"nested": {"k": 1}, "ok": True}, [("nested.k", 1), ("ok", True)])
+    True
+    >>> _metadata_matches({"a": 1}, [("b", None)]), _metadata_matches({"a": 1}, [("a", "1")])
+    (True, False)
+    """
+    document = _jsonable(metadata)
+    for key, operand in operands:
+        found = _extract(document, key)
+        if operand is None:
+            if found is not None:
+                return False
+        elif found is None or found != operand or isinstance(found, str) != isinstance(operand, str):
+            return False
+    return True
+
+
+def _filter_operands(filter: dict[str, Any] | None) -> builtins.list[tuple[str, Any]]:
+    """``list``'s metadata filter as ``(key, operand)`` pairs; a key SqliteSaver would refuse
+    is a ``ValueError`` here too."""
+    operands = []
+    for key, value in (filter or {}).items():
+        if not isinstance(key, str) or not _FILTER_KEY.match(key):
+            raise ValueError(
+                f"Invalid filter key: {key!r}. Filter keys must contain only alphanumeric "
+                "characters, underscores, dots, and hyphens."
+            )
+        operands.append((key, _filter_operand(value)))
+    return operands
+
+
+def _plain_bytes(value: Any) -> Any:
+    """A ``bytearray`` channel value as ``bytes``: SqliteSaver serializes the checkpoint
+    whole, which returns it as ``bytes`` (nested ones already are).
+
+    >>> _plain_bytes(bytearray(b"x")), _plain_bytes([1])
+    (b'x', [1])
+    """
+    return bytes(value) if type(value) is bytearray else value
 
 
 def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
@@ -181,6 +322,17 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
             return tag, data.encode()
         return tag, bytes(data)
 
+    def _dump_metadata(self, metadata: Any) -> _Typed:
+        """Metadata with the serializer; what it cannot hold but JSON can (an int of 2**64
+        or more, which LangGraph copies from ``configurable``) as JSON, as SqliteSaver does."""
+        try:
+            return self._dump(metadata)
+        except (TypeError, OverflowError) as exc:
+            try:
+                return "json", json.dumps(metadata).encode()
+            except (TypeError, ValueError):
+                raise exc from None
+
     def _tuple(self, row: Any) -> CheckpointTuple:
         thread_id, ns, checkpoint_id, parent_id, body, meta, values, writes, versions = row
         checkpoint: Checkpoint = self.serde.loads_typed(body)
@@ -206,12 +358,11 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
         ...     s.get_tuple({"configurable": {"thread_id": "nobody"}}) is None
         True
         """
-        thread_id = _required(config, "thread_id", "get_tuple")
-        row = self._store.get(
-            thread_id,
-            config["configurable"].get("checkpoint_ns", ""),
-            get_checkpoint_id(config),
-        )
+        thread_id = _required(config, "thread_id", "get_tuple", allow_empty=True)
+        ns = config["configurable"].get("checkpoint_ns", "")
+        if ns is None:  # no checkpoint has a null namespace (SqliteSaver: none found)
+            return None
+        row = self._store.get(thread_id, str(ns), _checkpoint_id(config))
         return None if row is None else self._tuple(row)
 
     def list(
@@ -223,8 +374,9 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
         """Checkpoints newest first: of ``config``'s thread (and namespace, and checkpoint id
-        when given) or of every thread, whose metadata has every ``filter`` item, older than
-        ``before``, at most ``limit``.
+        when given) or of every thread, whose metadata has every ``filter`` item (a dotted
+        key is a path into nested metadata), older than ``before`` (a ``before`` without a
+        checkpoint id: none), at most ``limit`` (a negative limit: no limit) — as SqliteSaver.
 
         >>> import tempfile, os
         >>> from langgraph.checkpoint.base import empty_checkpoint
@@ -248,15 +400,22 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None,
         limit: int | None,
     ) -> Iterator[Callable[[], builtins.list[CheckpointTuple] | None]]:
-        """Endless fetchers of ``list``'s pages (``None`` once done): each is one store call,
-        plus one per match when filtering, so ``alist`` can run each off the event loop."""
+        """Endless fetchers of ``list``'s pages (``None`` once done): each is one store call
+        (metadata filters run in it, in SQL), so ``alist`` can run each off the event loop."""
         configurable = config["configurable"] if config else {}
         thread_id = configurable.get("thread_id")
+        operands = _filter_operands(filter)
+        if before is not None and not get_checkpoint_id(before):
+            limit = 0  # "older than no checkpoint": nothing (SqliteSaver: `checkpoint_id < NULL`)
+        if limit is not None and limit < 0:
+            limit = None  # SQLite's LIMIT -1
+        ns = configurable.get("checkpoint_ns")
         query: dict[str, Any] = {
             "thread_id": None if thread_id is None else str(thread_id),
-            "checkpoint_ns": configurable.get("checkpoint_ns"),
-            "checkpoint_id": get_checkpoint_id(config) if config else None,
+            "checkpoint_ns": None if ns is None else str(ns),
+            "checkpoint_id": _checkpoint_id(config),
             "before": get_checkpoint_id(before) if before else None,
+            "metadata_filter": operands or None,
         }
         remaining = [limit]
         cursor: list[tuple[str, str, str] | None] = [None]
@@ -265,10 +424,8 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
             left = remaining[0]
             if left is not None and left <= 0:
                 return None
-            size = _PAGE if left is None or filter else min(left, _PAGE)
-            rows = self._store.list_checkpoints(
-                **query, after=cursor[0], limit=size, with_contents=not filter
-            )
+            size = _PAGE if left is None else min(left, _PAGE)
+            rows = self._store.list_checkpoints(**query, after=cursor[0], limit=size, with_contents=True)
             if not rows:
                 return None
             last = rows[-1]
@@ -277,14 +434,10 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
             for row in rows:
                 if left is not None and len(page) >= left:
                     break
-                if filter:
-                    metadata = self.serde.loads_typed(row[5])
-                    if not all(metadata.get(k) == v for k, v in filter.items()):
-                        continue
-                    full = self._store.get(row[0], row[1], row[2])
-                    if full is None:  # deleted since the page was read
-                        continue
-                    row = full
+                # The store filtered in SQL; checkpoints written before it kept the metadata's
+                # JSON form pass that unfiltered, so every one is checked here too.
+                if operands and not _metadata_matches(self.serde.loads_typed(row[5]), operands):
+                    continue
                 page.append(self._tuple(row))
             if left is not None:
                 remaining[0] = left - len(page)
@@ -312,13 +465,13 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
         ...     s.get_tuple(cfg).checkpoint["channel_values"]
         {'x': [1, 2]}
         """
-        thread_id = _required(config, "thread_id", "put")
+        thread_id = _required(config, "thread_id", "put", allow_empty=True)
         configurable = config["configurable"]
-        ns = configurable.get("checkpoint_ns", "")
+        ns = configurable.get("checkpoint_ns") or ""
         body = checkpoint.copy()
         values: dict[str, Any] = body.pop("channel_values")  # type: ignore[misc]
         new_values = [
-            (ch, str(version), self._dump(values[ch]) if ch in values else None)
+            (ch, str(version), self._dump(_plain_bytes(values[ch])) if ch in values else None)
             for ch, version in new_versions.items()
         ]
         channel_versions = body["channel_versions"]
@@ -326,18 +479,19 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
         if all(type(v) is str for v in channel_versions.values()):
             # The store keeps the version map (it needs it to load values): not twice.
             del body["channel_versions"]  # type: ignore[misc]
-        meta = get_checkpoint_metadata(config, metadata)
+        meta = _text_keys(get_checkpoint_metadata(config, metadata))
         run_id = meta.get("run_id")
         self._store.put(
             thread_id,
             ns,
             checkpoint["id"],
-            configurable.get("checkpoint_id"),
+            _checkpoint_id(config),
             None if run_id is None else str(run_id),
             self._dump(body),
-            self._dump(meta),
+            self._dump_metadata(meta),
             versions,
             new_values,
+            _metadata_json(meta),
         )
         return _config(thread_id, ns, checkpoint["id"])
 
@@ -360,7 +514,7 @@ class ResumeflowSaver(BaseCheckpointSaver[str]):
         ...     s.get_tuple(cfg).pending_writes
         [('task-1', 'x', 1)]
         """
-        thread_id = _required(config, "thread_id", "put_writes")
+        thread_id = _required(config, "thread_id", "put_writes", allow_empty=True)
         checkpoint_id = _required(config, "checkpoint_id", "put_writes")
         rows = [
             (WRITES_IDX_MAP.get(channel, idx), channel, self._dump(value))

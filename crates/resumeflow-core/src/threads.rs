@@ -56,11 +56,24 @@ pub struct NewThreadCheckpoint {
     pub checkpoint: TypedBytes,
     /// The serialized metadata.
     pub metadata: TypedBytes,
+    /// The metadata as JSON text, if it has a JSON form: what metadata filters query.
+    pub metadata_json: Option<String>,
     /// The checkpoint's whole channel → version map (versions as text).
     pub versions: Vec<(String, String)>,
     /// Values of the channels whose version is new in this checkpoint; `None` records that
     /// the channel has no value at that version.
     pub new_values: Vec<(String, String, Option<TypedBytes>)>,
+}
+
+/// What a metadata filter compares a JSON path's value with (SQL semantics: `Null` matches
+/// a missing key or a JSON null; `true`/`false` are the integers 1/0; objects and arrays
+/// compare as compact JSON text).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterValue {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
 }
 
 /// Writes a task made after a checkpoint (LangGraph's `put_writes`).
@@ -135,6 +148,10 @@ pub struct ThreadQuery {
     pub limit: Option<usize>,
     /// Load channel values and pending writes too.
     pub with_contents: bool,
+    /// Metadata filters: `(dotted path, value)`, all of which must match. A checkpoint
+    /// stored without a JSON form of its metadata (by an older version) always passes: the
+    /// caller checks those itself.
+    pub metadata_filter: Vec<(String, FilterValue)>,
 }
 
 /// What `prune` keeps.

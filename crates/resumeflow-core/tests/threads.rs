@@ -40,6 +40,7 @@ fn checkpoint(
         run_id: Some(run.into()),
         checkpoint: val(&format!("{{\"id\":\"{id}\"}}")),
         metadata: val("{}"),
+        metadata_json: Some(format!("{{\"run\":\"{run}\",\"id\":\"{id}\"}}")),
         versions: vec![("x".into(), id.into()), ("big".into(), "1".into())],
         new_values,
     }

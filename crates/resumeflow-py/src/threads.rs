@@ -7,8 +7,8 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use resumeflow_core::threads::{
-    NewThreadCheckpoint, NewThreadWrites, PruneStrategy, ThreadCheckpoint, ThreadQuery,
-    ThreadStore, TypedBytes,
+    FilterValue, NewThreadCheckpoint, NewThreadWrites, PruneStrategy, ThreadCheckpoint,
+    ThreadQuery, ThreadStore, TypedBytes,
 };
 use resumeflow_core::{Durability, SqliteStore, Store};
 
@@ -90,6 +90,27 @@ impl PyThreadStore {
     }
 }
 
+/// A metadata filter's SQL operand: None, an int (a bool is 0/1; beyond 64 bits, its
+/// decimal text), a float or a str (the Python layer turns every other value into one).
+fn filter_value(value: &Bound<'_, PyAny>) -> PyResult<FilterValue> {
+    if value.is_none() {
+        return Ok(FilterValue::Null);
+    }
+    if let Ok(b) = value.cast::<pyo3::types::PyBool>() {
+        return Ok(FilterValue::Int(i64::from(b.is_true())));
+    }
+    if value.is_instance_of::<pyo3::types::PyInt>() {
+        return Ok(match value.extract::<i64>() {
+            Ok(v) => FilterValue::Int(v),
+            Err(_) => FilterValue::Text(value.str()?.to_string()),
+        });
+    }
+    if let Ok(v) = value.extract::<f64>() {
+        return Ok(FilterValue::Real(v));
+    }
+    Ok(FilterValue::Text(value.extract::<String>()?))
+}
+
 #[pymethods]
 impl PyThreadStore {
     #[new]
@@ -117,7 +138,7 @@ impl PyThreadStore {
         self.store.path().to_string_lossy().into_owned()
     }
 
-    #[pyo3(signature = (thread_id, checkpoint_ns, checkpoint_id, parent_id, run_id, checkpoint, metadata, versions, new_values))]
+    #[pyo3(signature = (thread_id, checkpoint_ns, checkpoint_id, parent_id, run_id, checkpoint, metadata, versions, new_values, metadata_json=None))]
     #[allow(clippy::too_many_arguments)]
     fn put(
         &self,
@@ -131,6 +152,7 @@ impl PyThreadStore {
         metadata: PyTyped<'_>,
         versions: Vec<(String, String)>,
         new_values: Vec<(String, String, Option<PyTyped<'_>>)>,
+        metadata_json: Option<String>,
     ) -> PyResult<()> {
         let cp = NewThreadCheckpoint {
             thread_id,
@@ -140,6 +162,7 @@ impl PyThreadStore {
             run_id,
             checkpoint: typed(&checkpoint),
             metadata: typed(&metadata),
+            metadata_json,
             versions,
             new_values: new_values
                 .iter()
@@ -191,7 +214,7 @@ impl PyThreadStore {
         Ok(found.map(|cp| py_checkpoint(py, cp)))
     }
 
-    #[pyo3(signature = (thread_id=None, checkpoint_ns=None, checkpoint_id=None, before=None, after=None, limit=None, with_contents=true))]
+    #[pyo3(signature = (thread_id=None, checkpoint_ns=None, checkpoint_id=None, before=None, after=None, limit=None, with_contents=true, metadata_filter=None))]
     #[allow(clippy::too_many_arguments)]
     fn list_checkpoints<'py>(
         &self,
@@ -203,7 +226,13 @@ impl PyThreadStore {
         after: Option<(String, String, String)>,
         limit: Option<usize>,
         with_contents: bool,
+        metadata_filter: Option<Vec<(String, Bound<'py, PyAny>)>>,
     ) -> PyResult<Vec<PyCheckpoint<'py>>> {
+        let metadata_filter = metadata_filter
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| Ok((key, filter_value(&value)?)))
+            .collect::<PyResult<Vec<_>>>()?;
         let query = ThreadQuery {
             thread_id,
             checkpoint_ns,
@@ -212,6 +241,7 @@ impl PyThreadStore {
             after,
             limit,
             with_contents,
+            metadata_filter,
         };
         let threads = self.threads()?;
         let found = detached(py, || threads.list_checkpoints(&query))?;

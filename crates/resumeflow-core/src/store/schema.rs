@@ -32,7 +32,7 @@ use rusqlite::Connection;
 /// 'RFLW'
 pub const APPLICATION_ID: i64 = 0x5246_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations by target version; index 0 creates version 1, index 1 adds the thread
 /// checkpoint tables of version 2 (see [`crate::threads`]), index 2 (version 3) moves a run's
@@ -43,7 +43,11 @@ pub const SCHEMA_VERSION: i64 = 5;
 /// adds `partial_segments`: the items a streaming node saved with its cursor, appended one
 /// segment per save (keyed by the index of the segment's first item) instead of rewritten,
 /// `control_requests` (interrupt/cancel asked of the worker holding a run's lease, from any
-/// process) and the `runs_queue` index of queued runs, oldest first.
+/// process) and the `runs_queue` index of queued runs, oldest first; index 5 (version 6)
+/// makes `thread_values` a rowid table (its rows can be megabytes: in a `WITHOUT ROWID` table
+/// they sit in the key's b-tree, and every insert and search among them paid for it — small
+/// threads slowed 8× once a few threads held 10 MB values) and gives `thread_checkpoints` a
+/// `metadata_json` column (the metadata's JSON form, which metadata filters query in SQL).
 const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE runs (
@@ -198,6 +202,17 @@ CREATE TABLE control_requests (
     requested_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX runs_queue ON runs(created_at, run_id) WHERE status = 'queued';
+",
+    r"
+CREATE TABLE thread_values_v6 (
+    hash BLOB NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+INSERT INTO thread_values_v6 (hash, type, data) SELECT hash, type, data FROM thread_values;
+DROP TABLE thread_values;
+ALTER TABLE thread_values_v6 RENAME TO thread_values;
+ALTER TABLE thread_checkpoints ADD COLUMN metadata_json TEXT;
 ",
 ];
 

