@@ -422,6 +422,8 @@ class _Execution:
     def _execution_start(self) -> int:
         """The seq before this execution's ``LeaseAcquired`` (the latest one in the log)."""
         last = 0
+        if self.run_id is None:
+            return last
         for seq, _at, kind, _node in self.core_engine.events(self.run_id):
             if kind == "LeaseAcquired":
                 last = seq - 1
@@ -527,7 +529,7 @@ class _Execution:
             span.set_attribute("resumeflow.workflow", self.workflow)
         span.set_attribute("resumeflow.nodes_executed", len(self.executed))
         try:
-            state = self.core_engine.get_current_state(self.run_id)
+            state = self.core_engine.get_current_state(self.run_id or "")
             completed = [n for n, s in state["nodes"].items() if s["status"] == "completed"]
             skipped = len([n for n in completed if n not in self.executed])
             span.set_attribute("resumeflow.nodes_skipped", skipped)
