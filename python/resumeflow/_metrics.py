@@ -47,11 +47,8 @@ def snapshot(engine: Engine, recent_seconds: float = 3600.0) -> dict[str, Any]:
     for row in summary["nodes"]:
         node = dict(row)
         node["duration_count"] = sum(row["duration_buckets"]) if row["status"] == "completed" else 0
-        # Attempts beyond each node's first: known where the row says how many nodes it
-        # counts (a core with `nodes` in the summary), or for completed nodes (each has
-        # one duration); else None.
-        count = row.get("nodes", node["duration_count"] if row["status"] == "completed" else None)
-        node["retries"] = None if count is None else max(0, row["attempts"] - count)
+        # Attempts beyond each started node's first.
+        node["retries"] = max(0, row["attempts"] - row["started"])
         nodes.append(node)
     return {
         "runs": runs,

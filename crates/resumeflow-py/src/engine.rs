@@ -548,7 +548,7 @@ impl PyEngine {
     }
 
     /// Store-wide aggregates: `{"runs": [{"workflow", "status", "runs", "recent"}], "nodes":
-    /// [{"workflow", "node", "status", "attempts", "oom", "duration_buckets",
+    /// [{"workflow", "node", "status", "started", "attempts", "oom", "duration_buckets",
     /// "duration_sum_s"}], "duration_bounds": [...]}` (`recent`: runs updated at or after
     /// `recent_since`; `duration_buckets`: per bound, not cumulative, then the overflow).
     fn store_summary<'py>(
@@ -572,6 +572,7 @@ impl PyEngine {
             d.set_item("workflow", &n.workflow)?;
             d.set_item("node", &n.node)?;
             d.set_item("status", &n.status)?;
+            d.set_item("started", n.started)?;
             d.set_item("attempts", n.attempts)?;
             d.set_item("oom", n.oom)?;
             d.set_item("duration_buckets", n.duration_buckets.clone())?;

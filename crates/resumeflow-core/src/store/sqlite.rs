@@ -807,7 +807,8 @@ impl Store for SqliteStore {
         let node_query = format!(
             "SELECT r.workflow, n.node_id, n.status, SUM(n.attempt),
                     SUM(CASE WHEN n.error LIKE '%OutOfMemory%' THEN 1 ELSE 0 END),
-                    TOTAL(CASE WHEN {timed} THEN n.finished_at - n.started_at END){buckets}
+                    TOTAL(CASE WHEN {timed} THEN n.finished_at - n.started_at END){buckets},
+                    SUM(CASE WHEN n.attempt > 0 THEN 1 ELSE 0 END)
                FROM node_states n JOIN runs r ON r.run_id = n.run_id
               GROUP BY r.workflow, n.node_id, n.status
               ORDER BY r.workflow, n.node_id, n.status"
@@ -843,6 +844,7 @@ impl Store for SqliteStore {
                         workflow: r.get(0)?,
                         node: r.get(1)?,
                         status: r.get(2)?,
+                        started: r.get::<_, i64>(7 + DURATION_BOUNDS_S.len())? as u64,
                         attempts: r.get::<_, i64>(3)? as u64,
                         oom: r.get::<_, i64>(4)? as u64,
                         duration_sum_s: r.get(5)?,

@@ -24,6 +24,9 @@ pub struct NodeCount {
     pub workflow: String,
     pub node: String,
     pub status: String,
+    /// Of those nodes, the ones that started at least once (`attempts - started` of their
+    /// attempts were retries).
+    pub started: u64,
     /// Attempts started, summed over those nodes.
     pub attempts: u64,
     /// Nodes whose recorded error is an out-of-memory failure.
@@ -85,11 +88,13 @@ pub fn summarize(runs: &[RunState], recent_since: f64) -> StoreSummary {
                 workflow: run.workflow.clone(),
                 node: node.clone(),
                 status,
+                started: 0,
                 attempts: 0,
                 oom: 0,
                 duration_buckets: vec![0; DURATION_BOUNDS_S.len() + 1],
                 duration_sum_s: 0.0,
             });
+            row.started += u64::from(ns.attempt > 0);
             row.attempts += u64::from(ns.attempt);
             row.oom += u64::from(ns.error.as_deref().is_some_and(is_oom));
             if let (NodeStatus::Completed, Some(start), Some(end)) =
