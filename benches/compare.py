@@ -2,7 +2,7 @@
 
     python benches/compare.py [--quick] [--only W1,W3,...] [--json OUT]
 
-Workloads (shared/BENCHMARKS.md; the measurements live in benches/workloads.py):
+Workloads (docs/benchmarks.md; the measurements live in benches/workloads.py):
   W1  a chain of N no-op durable nodes (each adds 1 to its input);
   W2  fan-out/fan-in: 1 -> 500 parallel no-op nodes -> 1;
   W3  recovery: a run with k completed nodes is SIGKILLed mid-node; ms from `resume` until the

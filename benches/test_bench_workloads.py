@@ -1,4 +1,4 @@
-"""pytest-benchmark suite for the workloads of shared/BENCHMARKS.md, at small sizes.
+"""pytest-benchmark suite for the workloads of docs/benchmarks.md, at small sizes.
 
     pytest benches/ --benchmark-only [--benchmark-group-by=group]
 

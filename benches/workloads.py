@@ -1,4 +1,4 @@
-"""The benchmark workloads of shared/BENCHMARKS.md (W1-W8), shared by the two entry points:
+"""The benchmark workloads of docs/benchmarks.md (W1-W8), shared by the two entry points:
 ``benches/compare.py`` (the table, interleaved rounds, ratios) and
 ``benches/test_bench_workloads.py`` (pytest-benchmark).
 

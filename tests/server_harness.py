@@ -2,7 +2,7 @@
 service tests (tests/test_server*.py) share: starting and stopping servers, checking error
 documents and run objects, reading event streams with httpx-sse.
 
-The contract is shared/API.md, section "Service: `resumeflow serve`". The servers serve the
+The contract is docs/service.md and docs/http-api.md. The servers serve the
 workflows of tests/rf_server_workflows.py, whose nodes write an fsynced ledger.
 """
 

@@ -1,4 +1,4 @@
-"""The public contract of shared/API.md, call by call."""
+"""The public contract of the Python API (docs/reference/python.md), call by call."""
 
 from __future__ import annotations
 

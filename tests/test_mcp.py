@@ -1,4 +1,4 @@
-"""MCP: the tools of shared/API.md, section "MCP", driven by the SDK's own ClientSession over
+"""MCP: the tools of docs/mcp.md, driven by the SDK's own ClientSession over
 stdio (spawning ``python -m resumeflow mcp ...``) and over streamable HTTP against a real
 ``resumeflow serve`` (tests/server_harness.py). Side effects land in the fsynced ledger of
 tests/rf_server_workflows.py, so "a node did not run again" is checked on what ran.

@@ -2,7 +2,7 @@
 (tests/server_harness.py) and a real headless browser (Debian's chromium and chromedriver,
 driven by Selenium; one browser for the module, explicit waits only).
 
-The contract is shared/API.md, section "Web monitor": run rows carry ``data-run-id`` and
+The contract is docs/monitor.md ("Stable hooks for tests"): run rows carry ``data-run-id`` and
 ``data-status``; node elements ``data-node-id`` and ``data-status``; action buttons
 ``data-action`` = resume, rerun, interrupt, cancel; a confirmation is a button with
 ``data-action="confirm"``.

@@ -2,7 +2,7 @@
 errors, resume/interrupt/cancel through HTTP, auth, hostile input and metrics — against a real
 server (``python -m resumeflow serve`` subprocess on a loopback port) and a real HTTP client.
 
-The contract is shared/API.md, section "Service: `resumeflow serve`"; the harness is
+The contract is docs/service.md and docs/http-api.md; the harness is
 tests/server_harness.py. Event streams, killed servers and many runs: tests/test_server_stream.py.
 """
 

@@ -26,7 +26,7 @@ class NonRetryable(ResumeflowError):
     """Raise from a node to fail it at once, whatever the exception inside."""
 
 
-# Message forms of accelerator and allocator out-of-memory errors (ARCHITECTURE.md).
+# Message forms of accelerator and allocator out-of-memory errors (docs/failures.md).
 OOM_MESSAGES = (
     "CUDA out of memory",
     "CUDA error: out of memory",

@@ -1,6 +1,6 @@
 """``Engine.metrics()``: the store's run and node counts and the core's latency histograms in
 one dict, and their export as OpenTelemetry observable instruments (``instrument_metrics``)
-named like the Prometheus metrics of ``resumeflow serve`` (shared/API.md, "Service")."""
+named like the Prometheus metrics of ``resumeflow serve`` (docs/service.md, "Metrics")."""
 
 from __future__ import annotations
 
