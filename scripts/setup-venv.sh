@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (once) and fills the virtual environment used by the demo and the tests, then
-# builds resumeflow's abi3 wheel and installs it there. Heavy dependencies (torch) stay in the
+# builds resumeflow's portable abi3 wheel (scripts/build-wheel.sh) and installs it there: the
+# tests run against the wheel users get. Heavy dependencies (torch) stay in the
 # venv under ~/.cache between runs; a fresh machine gets them installed here.
 # Prints the venv's path on its last line.
 set -euo pipefail
@@ -22,8 +23,7 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-echo "setup: building the resumeflow wheel (release, abi3)" >&2
-rm -rf "$ROOT/dist"
-(cd "$ROOT" && "$VENV/bin/maturin" build --release --quiet --out dist >&2)
-"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$ROOT"/dist/resumeflow-*.whl
+echo "setup: building the portable resumeflow wheel (release, abi3, manylinux2014)" >&2
+WHEEL=$("$ROOT/scripts/build-wheel.sh" "$VENV" | tail -n 1)
+"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$WHEEL"
 echo "$VENV"

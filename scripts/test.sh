@@ -25,11 +25,14 @@ if [ ! -x /usr/bin/chromedriver ]; then
 fi
 
 echo "== ruff"
-"$VENV/bin/ruff" check python tests benches
+"$VENV/bin/ruff" check python tests benches scripts
 
 echo "== pytest"
 # pytest exits 5 when it collects no test at all: that is a failure here too (set -e).
 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+
+echo "== the portable wheel on CPython 3.11, 3.12, 3.13 (fresh venvs, no Rust on PATH)"
+"$ROOT/scripts/check-wheel.sh" "$VENV" "$(ls "$ROOT"/dist/resumeflow-*.whl)"
 
 echo "== benchmark smoke (compare.py --quick: fails only if a workload errors, never on timing)"
 SMOKE=$(mktemp)
