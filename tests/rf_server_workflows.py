@@ -147,6 +147,21 @@ def plain():
     return {"k": [1, 2.5, "s", None, True]}
 
 
+# remote_stream (not served by the test servers: a `resumeflow worker` runs it): a streaming
+# node that saves its cursor after every item, so a server's stream sees the items durably.
+remote_stream = rf.Workflow("remote_stream")
+
+
+@remote_stream.node(retry=FAST)
+def saved_tokens(ctx: rf.NodeContext, items: int = 6, gap: float = 0.3):
+    record(ctx)
+    time.sleep(0.5)
+    for i in range(items):
+        yield f"tok{i}"
+        ctx.save_partial_state(i + 1)
+        time.sleep(gap)
+
+
 # streamy: one streaming (generator) node; its items reach live clients as `chunk` messages.
 streamy = rf.Workflow("streamy")
 

@@ -98,6 +98,50 @@ def test_interrupt_and_cancel_reach_a_run_a_worker_executes(servers):
             worker.wait()
 
 
+def test_items_of_a_streaming_node_another_process_executes_reach_the_stream(servers):
+    """A `resumeflow worker` executes the streaming node; the server's stream reads the items
+    it saves with its cursor (durable segments) and sends them as `chunk` messages, in order,
+    before the run's end."""
+    srv = servers()
+    run_id = new_id("remote-chunks")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "resumeflow", "worker", "rf_server_workflows:remote_stream", "--db", srv.db],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=TESTS,
+        env=child_env({"RF_LEDGER": str(srv.ledger)}), start_new_session=True,
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "resumeflow", "submit", "rf_server_workflows:remote_stream", "--db", srv.db,
+             "--run-id", run_id, "--json"],
+            capture_output=True, text=True, cwd=TESTS, env=child_env(), timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        wait_started(srv.ledger, run_id, "saved_tokens")
+        kinds: list[str] = []
+        items: list[str] = []
+        with httpx.Client(timeout=httpx.Timeout(30, read=40)) as client:
+            with httpx_sse.connect_sse(client, "GET", f"{srv.base}/api/v1/runs/{run_id}/events",
+                                       headers=srv.headers) as source:
+                for sse in source.iter_sse():
+                    if not sse.data:
+                        continue
+                    kinds.append(sse.event)
+                    if sse.event == "chunk":
+                        items.append(json.loads(sse.data)["item"])
+                    if sse.event.startswith("workflow_"):
+                        break
+        assert kinds[-1] == "workflow_complete", kinds
+        assert items == [f"tok{i}" for i in range(6)], (items, kinds)
+        assert kinds.index("chunk") < kinds.index("step_complete")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
 # -- the event stream ------------------------------------------------------------------------
 
 

@@ -342,6 +342,13 @@ impl Engine {
         Ok((run.lease_owner, run.lease_expires))
     }
 
+    /// The item segments a streaming node of the run saved with its cursor, `(first item
+    /// index, encoded items)` in order: what a reader in another process sees of the items
+    /// while the node runs (they are gone once it completes: its output holds them all).
+    pub fn partial_segments(&self, run_id: &str, node_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.inner.store.load_partial_segments(run_id, node_id)
+    }
+
     /// Store-wide aggregates for metrics ([`crate::store::Store::summary`]).
     pub fn store_summary(&self, recent_since: f64) -> Result<crate::store::summary::StoreSummary> {
         self.inner.store.summary(recent_since)

@@ -538,6 +538,20 @@ impl PyEngine {
         Ok(Some(d))
     }
 
+    /// The item segments a streaming node saved: `[(first, bytes), ...]` in order.
+    fn partial_segments<'py>(
+        &self,
+        py: Python<'py>,
+        run_id: &str,
+        node_id: &str,
+    ) -> PyResult<Vec<(u64, Bound<'py, PyBytes>)>> {
+        let segments = detached(py, || self.engine.partial_segments(run_id, node_id))?;
+        Ok(segments
+            .into_iter()
+            .map(|(first, data)| (first, PyBytes::new(py, &data)))
+            .collect())
+    }
+
     /// The run's lease: `{"owner": str | None, "expires": float}` (seconds since the epoch).
     fn run_lease<'py>(&self, py: Python<'py>, run_id: &str) -> PyResult<Bound<'py, PyDict>> {
         let (owner, expires) = detached(py, || self.engine.run_lease(run_id))?;

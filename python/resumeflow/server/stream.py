@@ -48,8 +48,7 @@ def _chunks(subscription: Subscription, run_id: str) -> list[dict[str, Any]]:
             node, item = subscription._queue.get_nowait()
         except queue.Empty:
             return out
-        data = {"run_id": run_id, "node": node, "item": values.to_json(item)}
-        out.append({"event": "chunk", "data": json.dumps(data, allow_nan=False, default=repr)})
+        out.append(_chunk(run_id, node, item))
 
 
 def message(run_id: str, event: dict[str, Any], attempts: dict[str, int]) -> dict[str, Any] | None:
@@ -80,6 +79,27 @@ def message(run_id: str, event: dict[str, Any], attempts: dict[str, int]) -> dic
     return {"id": str(event["seq"]), "event": kind, "data": json.dumps(data, allow_nan=False, default=repr)}
 
 
+def _saved_items(engine: rf.Engine, run_id: str, node: str, sent: int) -> list[Any]:
+    """Items ``node`` saved with its cursor (its durable segments) from index ``sent`` on:
+    what a stream sees of a streaming node another process executes. Segments are removed
+    when the node completes (its output holds every item), so items saved just before that
+    may not reach a stream that reads too late."""
+    from .. import _codec
+
+    items: list[Any] = []
+    for first, raw in engine._core.partial_segments(run_id, node):
+        decoded = _codec.decode(raw)
+        start = max(0, sent - first)
+        if first + len(decoded) > sent:
+            items.extend(decoded[start:])
+    return items
+
+
+def _chunk(run_id: str, node: str, item: Any) -> dict[str, Any]:
+    data = {"run_id": run_id, "node": node, "item": values.to_json(item)}
+    return {"event": "chunk", "data": json.dumps(data, allow_nan=False, default=repr)}
+
+
 def _page(engine: rf.Engine, run_id: str, cursor: int) -> list[dict[str, Any]]:
     """Up to :data:`PAGE` events after ``cursor``, as dicts."""
     return cast(list[dict[str, Any]], engine.events(run_id, after_seq=cursor, limit=PAGE))
@@ -105,20 +125,33 @@ async def follow(engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, k
 
 async def _follow(
     engine: rf.Engine, feed: ChangeFeed, run_id: str, after: int, keepalive_s: float,
-    subscription: Subscription, item: asyncio.Event,
+    subscription: Subscription, item_arrived: asyncio.Event,
 ) -> AsyncIterator[dict[str, Any]]:
     cursor = after
     attempts: dict[str, int] = {}
+    remote_sent: dict[str, int] = {}  # items of streaming nodes executed elsewhere, sent so far
     stopped = False
     while True:
         seen = feed.version
-        item.clear()
+        item_arrived.clear()
         for chunk in _chunks(subscription, run_id):  # before the events that follow them
             yield chunk
         events = await feed.read(("events", run_id, cursor, seen), partial(_page, engine, run_id, cursor))
         sent = False
+        read_segments: set[str] = set()
         for event in events:
             cursor = event["seq"]
+            node = event["node"]
+            if event["kind"] == "PartialStateSaved" and node and node not in read_segments \
+                    and run_id not in engine._core.active_runs():
+                # Executed in another process: its items reach this stream through the
+                # segments it saves with its cursor (at save granularity, not per item).
+                read_segments.add(node)
+                done = remote_sent.get(node, 0)
+                saved = await anyio.to_thread.run_sync(_saved_items, engine, run_id, node, done)
+                remote_sent[node] = done + len(saved)
+                for value in saved:
+                    yield _chunk(run_id, node, value)
             msg = message(run_id, event, attempts)
             if msg is None:
                 continue
@@ -139,4 +172,4 @@ async def _follow(
                 continue
         else:
             stopped = False
-        await feed.wait(seen, keepalive_s, also=item)
+        await feed.wait(seen, keepalive_s, also=item_arrived)
