@@ -229,7 +229,7 @@ def test_run_killed_and_recovered_in_new_process_stays_in_its_trace(db, tmp_path
     assert done.stdout.strip() == "completed"
     spans = read_spans(out)
     recovered = [s for s in spans if s["pid"] != first[0]["pid"]]
-    assert sorted(s["name"] for s in recovered) == ["node b", "node c", "run traced"]
+    assert sorted(s["name"] for s in recovered) == ["node b", "node c", "run traced"], [(s["name"], s["attributes"]) for s in spans]
     [run] = [s for s in recovered if s["name"] == "run traced"]
     assert {s["trace_id"] for s in spans} == {first[0]["trace_id"]}, "one trace across both processes"
     assert run["parent_id"] == first[0]["parent_id"], "a child of the first execution's run span"

@@ -598,28 +598,29 @@ class _Tracker:
         return traced
 
     def lookup(self, run_id: str, workflow: str | None, kind: str, tracer: Any) -> _Execution:
-        """The execution of ``run_id`` being observed, begun now if none is."""
+        """The execution of ``run_id`` being observed, begun now if none is. Whoever gets
+        here first begins its run span; every other caller waits for that (a node attempt
+        that found the execution before its span existed ran untraced: regression test
+        ``test_run_killed_and_recovered_in_new_process_stays_in_its_trace``)."""
         with self.lock:
             ex = self.executions.get(run_id)
-            if ex is not None and not ex.ended:
-                return ex
-            engine = self.engine_ref()
-            if tracer is None and engine is not None:
-                tracer = self.pending_tracer.get(kind)
-            ex = _Execution(engine, workflow, kind, tracer, run_id) if engine is not None else None
-            if ex is None:
-                raise RuntimeError("resumeflow: the engine was closed")
-            self.executions[run_id] = ex
-        stored = None
-        if tracer is not None:
-            try:
-                state = self.core_engine.get_current_state(run_id)
-                stored = state.get("labels") or {}
-                ex.workflow = ex.workflow or state["workflow"]
-            except Exception:  # noqa: BLE001 - traced without the stored context
-                stored = None
+            if ex is None or ex.ended:
+                engine = self.engine_ref()
+                if engine is None:
+                    raise RuntimeError("resumeflow: the engine was closed")
+                if tracer is None:
+                    tracer = self.pending_tracer.get(kind)
+                ex = _Execution(engine, workflow, kind, tracer, run_id)
+                self.executions[run_id] = ex
         with ex.lock:
-            if ex.span is None and tracer is not None:
+            if ex.span is None and ex.tracer is not None:
+                stored = None
+                try:
+                    state = self.core_engine.get_current_state(run_id)
+                    stored = state.get("labels") or {}
+                    ex.workflow = ex.workflow or state["workflow"]
+                except Exception:  # noqa: BLE001 - traced without the stored context
+                    stored = None
                 ex.begin(stored, own_caller=False)
         return ex
 
