@@ -43,12 +43,22 @@ from server_harness import (  # noqa: F401 (the *_fixture names: fixtures used b
 )
 
 
-def _worker(db: str, ledger: Path) -> subprocess.Popen[bytes]:
+def _worker(db: str, ledger: Path, workflow: str = "rf_server_workflows:remote") -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "resumeflow", "worker", "rf_server_workflows:remote", "--db", db],
+        [sys.executable, "-m", "resumeflow", "worker", workflow, "--db", db],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=TESTS,
         env=child_env({"RF_LEDGER": str(ledger)}), start_new_session=True,
     )
+
+
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the worker hands its runs back), SIGKILL if it does not exit in 30 s."""
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
 
 
 def _submit(db: str, run_id: str, delay: float) -> None:
@@ -90,12 +100,7 @@ def test_interrupt_and_cancel_reach_a_run_a_worker_executes(servers):
             check_events(live[0], paused)
             assert executions(srv.ledger, paused) == {"first": 1, "held": 1}
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        _stop_worker(worker)
 
 
 def test_items_of_a_streaming_node_another_process_executes_reach_the_stream(servers):
@@ -104,11 +109,7 @@ def test_items_of_a_streaming_node_another_process_executes_reach_the_stream(ser
     before the run's end."""
     srv = servers()
     run_id = new_id("remote-chunks")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "resumeflow", "worker", "rf_server_workflows:remote_stream", "--db", srv.db],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=TESTS,
-        env=child_env({"RF_LEDGER": str(srv.ledger)}), start_new_session=True,
-    )
+    worker = _worker(srv.db, srv.ledger, "rf_server_workflows:remote_stream")
     try:
         done = subprocess.run(
             [sys.executable, "-m", "resumeflow", "submit", "rf_server_workflows:remote_stream", "--db", srv.db,
@@ -134,12 +135,7 @@ def test_items_of_a_streaming_node_another_process_executes_reach_the_stream(ser
         assert items == [f"tok{i}" for i in range(6)], (items, kinds)
         assert kinds.index("chunk") < kinds.index("step_complete")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        _stop_worker(worker)
 
 
 # -- the event stream ------------------------------------------------------------------------
