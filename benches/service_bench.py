@@ -130,7 +130,24 @@ async def _count_pages(page: Any, name: str) -> int:
 # --- the two systems ------------------------------------------------------------------------
 
 
-class Resumeflow:
+class _Served:
+    """A system under test: a server subprocess and its scratch directory."""
+
+    server: Server
+    tmp: str
+    base: str
+
+    def _serve(self, argv: list[str], env: dict[str, str], ready_path: str, port: int) -> None:
+        self.server = Server(argv, env, self.tmp, ready_path)
+        self.server.wait_ready(port)
+        self.base = self.server.base
+
+    def close(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Resumeflow(_Served):
     name = "resumeflow"
 
     def __init__(self) -> None:
@@ -141,13 +158,7 @@ class Resumeflow:
         argv = [sys.executable, "-m", "resumeflow", "serve", "service_workflows:noop3",
                 "service_workflows:timed3", "--db", os.path.join(self.tmp, "runs.db"),
                 "--port", str(port)]
-        self.server = Server(argv, env, self.tmp, "/healthz")
-        self.server.wait_ready(port)
-        self.base = self.server.base
-
-    def close(self) -> None:
-        self.server.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._serve(argv, env, "/healthz", port)
 
     async def start(self, client: Any, workflow: str, stream: bool = False) -> dict[str, Any]:
         resp = await client.post(f"{self.base}/api/v1/runs", json={"workflow": workflow})
@@ -179,7 +190,7 @@ class Resumeflow:
         return {k: float(v) for k, v in resp.json()["values"].items()}
 
 
-class LangGraph:
+class LangGraph(_Served):
     name = "langgraph"
 
     def __init__(self, venv: str) -> None:
@@ -192,13 +203,7 @@ class LangGraph:
         argv = [os.path.join(venv, "bin", "langgraph"), "dev", "--no-browser", "--no-reload",
                 "--allow-blocking", "--n-jobs-per-worker", "8", "--server-log-level", "warning",
                 "--port", str(port), "--config", "langgraph.json"]
-        self.server = Server(argv, env, self.tmp, "/ok")
-        self.server.wait_ready(port)
-        self.base = self.server.base
-
-    def close(self) -> None:
-        self.server.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._serve(argv, env, "/ok", port)
 
     async def start(self, client: Any, workflow: str, stream: bool = False) -> dict[str, Any]:
         if not stream:

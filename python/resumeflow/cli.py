@@ -550,16 +550,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_served(args: argparse.Namespace) -> None:
+    """Imports and validates the workflows a server serves; the token from ``--token`` or
+    ``RESUMEFLOW_TOKEN``."""
+    args.loaded = [_load_workflow(ref) for ref in args.workflows]
+    for wf in args.loaded:
+        wf.validate()
+    args.token = args.token or os.environ.get("RESUMEFLOW_TOKEN") or None
+
+
 def _prepare_serve(args: argparse.Namespace) -> None:
     """Imports the workflows and checks the exposure before the store is opened."""
     try:
         from .server.serve import check_exposure
     except ImportError as e:
         raise UsageError(f"the server needs its extra: pip install 'resumeflow[server]' ({e.name} is missing)") from None
-    args.loaded = [_load_workflow(ref) for ref in args.workflows]
-    for wf in args.loaded:
-        wf.validate()
-    args.token = args.token or os.environ.get("RESUMEFLOW_TOKEN") or None
+    _load_served(args)
     check_exposure(args.host, args.token)
 
 
@@ -581,10 +587,7 @@ def _prepare_mcp(args: argparse.Namespace) -> None:
         from .server import mcp_stdio  # noqa: F401
     except ImportError as e:
         raise UsageError(f"MCP needs its extra: pip install 'resumeflow[mcp]' ({e.name} is missing)") from None
-    args.loaded = [_load_workflow(ref) for ref in args.workflows]
-    for wf in args.loaded:
-        wf.validate()
-    args.token = args.token or os.environ.get("RESUMEFLOW_TOKEN") or None
+    _load_served(args)
 
 
 def cmd_mcp(engine: rf.Engine, args: argparse.Namespace) -> int:
