@@ -9,17 +9,15 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::{Error, Result, StoreError};
-use crate::event::{Event, EventKind, ResetReason};
-use crate::lease::{owner_is_dead, Lease, LeaseRequest};
+use crate::event::EventKind;
+use crate::lease::{Lease, LeaseRequest};
 use crate::projection::RunProjection;
 use crate::state::{NodeState, NodeStatus, RunStatus, ValueRef};
 
 use super::{NewRun, RunBatch};
 
-/// Checkpoint delta operations as stored in `checkpoint_nodes.op`.
-pub const OP_COMPLETED: i64 = 0;
-pub const OP_MODIFIED: i64 = 1;
-pub const OP_RESET: i64 = 2;
+use super::plan::{self, WritePlan};
+pub use super::plan::{RunHead, OP_COMPLETED, OP_MODIFIED, OP_RESET};
 
 /// Maps rusqlite errors to a `StoreError` naming the file.
 pub fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -55,17 +53,6 @@ pub fn corrupt(path: &Path, table: &str, message: impl ToString) -> Error {
         message: message.to_string(),
     }
     .into()
-}
-
-/// The `runs` row fields a write needs.
-pub struct RunHead {
-    pub run_id: String,
-    pub projection: RunProjection,
-    pub last_seq: i64,
-    pub last_checkpoint: i64,
-    pub lease_owner: Option<String>,
-    pub lease_expires: f64,
-    pub lease_token: i64,
 }
 
 pub fn load_head(conn: &Connection, path: &Path, run_id: &str) -> Result<RunHead> {
@@ -218,136 +205,61 @@ fn store_head(conn: &Connection, path: &Path, head: &RunHead) -> Result<()> {
     Ok(())
 }
 
-/// Appends events to one run inside the open transaction, keeping the projection tables,
-/// the checkpoint chain and the lease columns in step.
-struct EventAppender<'a> {
-    conn: &'a Connection,
-    path: &'a Path,
-    head: RunHead,
-    now: f64,
-    /// (node, op, value) of the checkpoint this batch makes, if any.
-    delta: Vec<(String, i64, Option<ValueRef>)>,
-}
-
-impl EventAppender<'_> {
-    fn append(&mut self, kind: EventKind) -> Result<()> {
-        let run_id = self.head.run_id.clone();
-        let mut was_completed = false;
-        if let Some(node) = kind.node() {
-            if !self.head.projection.nodes.contains_key(node) {
-                let state = load_node(self.conn, self.path, &run_id, node)?.unwrap_or_default();
-                self.head.projection.nodes.insert(node.to_string(), state);
-            }
-            was_completed = self.head.projection.nodes[node].status == NodeStatus::Completed;
-        }
-        match &kind {
-            EventKind::NodeCompleted { node, value, .. } => {
-                self.delta
-                    .push((node.clone(), OP_COMPLETED, Some(value.clone())));
-            }
-            EventKind::StateUpdated { node, value } => {
-                self.delta
-                    .push((node.clone(), OP_MODIFIED, Some(value.clone())));
-            }
-            EventKind::NodeReset { node, reason } => {
-                if was_completed && matches!(reason, ResetReason::Rerun | ResetReason::Upstream) {
-                    self.delta.push((node.clone(), OP_RESET, None));
-                }
-                // A node that will run again from scratch must not find the progress of the
-                // execution whose result was just discarded; a node resumed after a failure
-                // or a crash keeps its progress.
-                if *reason == ResetReason::Rerun
-                    || (was_completed
-                        && matches!(reason, ResetReason::Upstream | ResetReason::Rewind))
-                {
-                    self.conn
-                        .prepare_cached(
-                            "DELETE FROM partial_states WHERE run_id = ?1 AND node_id = ?2",
-                        )
-                        .and_then(|mut st| st.execute([&run_id, node]))
-                        .map_err(sql(self.path))?;
-                    delete_segments(self.conn, self.path, &run_id, node)?;
-                }
-            }
-            EventKind::LeaseReleased { .. } => {
-                // A request to the worker that held the lease is settled (or moot) now.
-                crate::store::queue::settle_controls(self.conn, self.path, &run_id)?;
-                self.head.lease_owner = None;
-                self.head.lease_expires = 0.0;
-            }
-            _ => {}
-        }
-        self.head.last_seq += 1;
-        let event = Event {
-            seq: self.head.last_seq,
-            at: self.now,
-            kind,
-        };
-        self.conn
-            .prepare_cached(
-                "INSERT INTO events (run_id, seq, at, kind, node_id, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    run_id,
-                    event.seq,
-                    event.at,
-                    event.kind.name(),
-                    event.kind.node(),
-                    event.kind.encode()
-                ])
-            })
-            .map_err(sql(self.path))?;
-        self.head.projection.apply(&event);
-        Ok(())
-    }
-
-    /// Commits the checkpoint of this batch if it completed or modified anything.
-    fn checkpoint(&mut self) -> Result<()> {
-        if self.delta.is_empty() {
-            return Ok(());
-        }
-        let delta = std::mem::take(&mut self.delta);
-        let id = self.head.last_checkpoint + 1;
-        let parent = self.head.projection.head_checkpoint;
-        self.append(EventKind::CheckpointCommitted {
-            checkpoint_id: id,
-            parent_id: parent,
-        })?;
-        self.head.last_checkpoint = id;
-        let kind = if delta.iter().any(|(_, op, _)| *op != OP_COMPLETED) {
-            "modified"
-        } else {
-            "completed"
-        };
-        let map = sql(self.path);
-        self.conn
-            .prepare_cached(
-                "INSERT INTO checkpoints (run_id, checkpoint_id, parent_id, seq, created_at, kind)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    self.head.run_id,
-                    id,
-                    parent,
-                    self.head.last_seq,
-                    self.now,
-                    kind
-                ])
-            })
+/// Writes a plan (see [`plan::WritePlan`]) inside the open transaction.
+fn write_plan(conn: &Connection, path: &Path, plan: &WritePlan) -> Result<()> {
+    let map = sql(path);
+    let run_id = &plan.head.run_id;
+    for node in &plan.cleared_progress {
+        conn.prepare_cached("DELETE FROM partial_states WHERE run_id = ?1 AND node_id = ?2")
+            .and_then(|mut st| st.execute([run_id, node]))
             .map_err(&map)?;
-        let mut st = self
-            .conn
+        delete_segments(conn, path, run_id, node)?;
+    }
+    if plan.settle_controls {
+        crate::store::queue::settle_controls(conn, path, run_id)?;
+    }
+    let mut st = conn
+        .prepare_cached(
+            "INSERT INTO events (run_id, seq, at, kind, node_id, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(&map)?;
+    for event in &plan.events {
+        st.execute(params![
+            run_id,
+            event.seq,
+            event.at,
+            event.kind.name(),
+            event.kind.node(),
+            event.kind.encode()
+        ])
+        .map_err(&map)?;
+    }
+    if let Some(cp) = &plan.checkpoint {
+        conn.prepare_cached(
+            "INSERT INTO checkpoints (run_id, checkpoint_id, parent_id, seq, created_at, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                run_id,
+                cp.id,
+                cp.parent,
+                cp.seq,
+                cp.created_at,
+                cp.kind
+            ])
+        })
+        .map_err(&map)?;
+        let mut st = conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO checkpoint_nodes (run_id, checkpoint_id, node_id, op, value_hash, value_size)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(&map)?;
-        for (node, op, value) in &delta {
+        for (node, op, value) in &cp.delta {
             st.execute(params![
-                self.head.run_id,
-                id,
+                run_id,
+                cp.id,
                 node,
                 op,
                 value.as_ref().map(|v| &v.hash),
@@ -355,15 +267,27 @@ impl EventAppender<'_> {
             ])
             .map_err(&map)?;
         }
-        Ok(())
     }
+    for (node, state) in &plan.head.projection.nodes {
+        store_node(conn, path, run_id, node, state)?;
+    }
+    store_head(conn, path, &plan.head)
+}
 
-    fn finish(self) -> Result<()> {
-        for (node, state) in &self.head.projection.nodes {
-            store_node(self.conn, self.path, &self.head.run_id, node, state)?;
+/// The stored states of the nodes `events` name.
+fn load_named_nodes(
+    conn: &Connection,
+    path: &Path,
+    run_id: &str,
+    events: &[EventKind],
+) -> Result<BTreeMap<String, NodeState>> {
+    let mut nodes = BTreeMap::new();
+    for node in plan::nodes_named(events) {
+        if let Some(state) = load_node(conn, path, run_id, &node)? {
+            nodes.insert(node, state);
         }
-        store_head(self.conn, self.path, &self.head)
     }
+    Ok(nodes)
 }
 
 /// Values at least this large are written into their row in chunks (incremental blob I/O)
@@ -437,8 +361,9 @@ pub(super) fn append_all(
             .map_err(&map)?;
         }
     }
+    let nodes = load_named_nodes(conn, path, &batch.run_id, &batch.events)?;
     if !batch.partial_states.is_empty() || !batch.partial_segments.is_empty() {
-        refuse_stale_attempts(conn, path, &batch.run_id, &batch.events)?;
+        plan::check_attempts(&batch.run_id, &nodes, &batch.events)?;
     }
     for (node, first, data) in &batch.partial_segments {
         conn.prepare_cached(
@@ -466,18 +391,7 @@ pub(super) fn append_all(
                 .map_err(&map)?;
         }
     }
-    let mut appender = EventAppender {
-        conn,
-        path,
-        head,
-        now,
-        delta: Vec::new(),
-    };
-    for kind in &batch.events {
-        appender.append(kind.clone())?;
-    }
-    appender.checkpoint()?;
-    appender.finish()
+    write_plan(conn, path, &plan::plan(head, nodes, &batch.events, now))
 }
 
 /// Removes a node's streaming segments.
@@ -488,45 +402,10 @@ fn delete_segments(conn: &Connection, path: &Path, run_id: &str, node: &str) -> 
     Ok(())
 }
 
-/// Refuses partial-state saves from an attempt that is no longer the node's running one (a
-/// timed-out or cancelled attempt whose thread kept going).
-fn refuse_stale_attempts(
-    conn: &Connection,
-    path: &Path,
-    run_id: &str,
-    events: &[EventKind],
-) -> Result<()> {
-    for event in events {
-        if let EventKind::PartialStateSaved {
-            node,
-            attempt: Some(attempt),
-            ..
-        } = event
-        {
-            let state = load_node(conn, path, run_id, node)?.unwrap_or_default();
-            if state.status != NodeStatus::Running || state.attempt != *attempt {
-                return Err(Error::StaleAttempt {
-                    run_id: run_id.to_string(),
-                    node: node.clone(),
-                    attempt: *attempt,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Applies a batch, refusing it if its fencing token is stale or its lease was released.
 pub fn apply_batch(conn: &Connection, path: &Path, batch: &RunBatch, now: f64) -> Result<()> {
     let head = load_head(conn, path, &batch.run_id)?;
-    if let Some(token) = batch.token {
-        if head.lease_token != token || head.lease_owner.is_none() {
-            return Err(Error::LeaseLost {
-                run_id: batch.run_id.clone(),
-                token,
-            });
-        }
-    }
+    plan::check_token(&head, batch.token)?;
     append_all(conn, path, head, batch, now)
 }
 
@@ -540,19 +419,7 @@ pub fn acquire(
     now: f64,
 ) -> Result<Lease> {
     let mut head = load_head(conn, path, run_id)?;
-    if let Some(owner) = &head.lease_owner {
-        if *owner != request.owner && head.lease_expires > now && !owner_is_dead(owner) {
-            return Err(Error::RunLocked {
-                run_id: run_id.to_string(),
-                owner: owner.clone(),
-                remaining_s: head.lease_expires - now,
-            });
-        }
-    }
-    head.lease_token += 1;
-    head.lease_owner = Some(request.owner.clone());
-    head.lease_expires = now + request.ttl.as_secs_f64();
-    let token = head.lease_token;
+    let token = plan::take_lease(&mut head, request, now)?;
     let mut batch = RunBatch::new(run_id, Some(token));
     batch.events.push(EventKind::LeaseAcquired {
         owner: request.owner.clone(),

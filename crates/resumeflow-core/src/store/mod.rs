@@ -8,6 +8,7 @@ mod apply;
 pub mod blob_files;
 mod checkpoints;
 pub mod latency;
+pub mod plan;
 pub(crate) mod queue;
 mod schema;
 mod sqlite;
