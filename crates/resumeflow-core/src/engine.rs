@@ -100,6 +100,54 @@ impl Engine {
         Ok(Self::with_store(Arc::new(store), options))
     }
 
+    /// Opens the store `target` names: a `postgresql://` (or `postgres://`) URL opens a
+    /// [`PgStore`](crate::PgStore), anything else is a SQLite file path ([`Engine::open`]).
+    ///
+    /// ```
+    /// use resumeflow_core::{Engine, EngineOptions};
+    /// let dir = std::env::temp_dir().join(format!("rf-target-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let path = dir.join("runs.db");
+    /// let engine = Engine::open_target(path.to_str().unwrap(), EngineOptions::default()).unwrap();
+    /// assert!(engine.list_runs(None).unwrap().is_empty());
+    /// # engine.close(); std::fs::remove_dir_all(dir).ok();
+    /// ```
+    pub fn open_target(target: &str, options: EngineOptions) -> Result<Self> {
+        if !crate::store::postgres::is_postgres_url(target) {
+            if options.blob_dir.is_some() {
+                return Err(Error::InvalidArgument {
+                    field: "blob_dir".into(),
+                    message: "is for a PostgreSQL store; a SQLite store keeps its blob files beside its file".into(),
+                });
+            }
+            return Self::open(target, options);
+        }
+        if options.max_concurrency == Some(0) {
+            return Err(Error::InvalidArgument {
+                field: "max_concurrency".into(),
+                message: "must be at least 1, or None for no limit".into(),
+            });
+        }
+        if options.max_store_bytes.is_some() {
+            return Err(Error::InvalidArgument {
+                field: "max_store_bytes".into(),
+                message:
+                    "caps a SQLite file; a PostgreSQL store is bounded by the database's own limits"
+                        .into(),
+            });
+        }
+        let store = crate::store::PgStore::open(
+            target,
+            &crate::store::PgOptions {
+                durability: options.durability,
+                read_only: options.read_only,
+                blob_dir: options.blob_dir.clone(),
+                blob_file_threshold: options.blob_file_threshold,
+            },
+        )?;
+        Ok(Self::with_store(Arc::new(store), options))
+    }
+
     /// An engine on any store.
     ///
     /// `max_concurrency: Some(0)` is treated as `Some(1)` (nothing could ever run otherwise);

@@ -26,8 +26,15 @@ pub fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// This machine's host name (from `/proc`, the environment, or `localhost`).
+/// This machine's host name: `RESUMEFLOW_HOST_ID` if set (several "hosts" on one machine,
+/// or a stable id where host names repeat), else from `/proc`, `HOSTNAME`, or `localhost`.
 pub fn hostname() -> String {
+    if let Some(id) = std::env::var("RESUMEFLOW_HOST_ID")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    {
+        return id.trim().to_string();
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_string())

@@ -25,6 +25,9 @@ pub struct EngineOptions {
     ///
     /// [`SqliteStore::open_read_only`]: crate::SqliteStore::open_read_only
     pub read_only: bool,
+    /// A PostgreSQL store's blob directory (one every host mounts); `None`: every value in
+    /// the database. A SQLite store keeps its blob files beside its file.
+    pub blob_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -37,6 +40,7 @@ impl Default for EngineOptions {
             max_store_bytes: None,
             blob_file_threshold: None,
             read_only: false,
+            blob_dir: None,
         }
     }
 }

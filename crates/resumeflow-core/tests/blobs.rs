@@ -88,7 +88,7 @@ fn rows(path: &Path, query: &str) -> i64 {
 
 #[test]
 fn a_large_value_is_one_file_shared_by_every_node_that_returns_it() {
-    let store = TempStore::new();
+    let store = TempStore::sqlite();
     let path = store.path();
     let engine = engine(&path, 64 << 10);
     let size = 1 << 20;
@@ -112,7 +112,7 @@ fn a_large_value_is_one_file_shared_by_every_node_that_returns_it() {
 
 #[test]
 fn compressed_values_round_trip_and_take_less_room() {
-    let store = TempStore::new();
+    let store = TempStore::sqlite();
     let path = store.path();
     let engine = engine(&path, u64::MAX);
     let state = start(&engine, executor(4 << 20, Arc::default(), true));
@@ -130,7 +130,7 @@ fn compressed_values_round_trip_and_take_less_room() {
 
 #[test]
 fn cleanup_removes_files_no_kept_checkpoint_references() {
-    let store = TempStore::new();
+    let store = TempStore::sqlite();
     let path = store.path();
     let engine = engine(&path, 64 << 10);
     let generation = Arc::new(AtomicU32::new(1));
@@ -162,7 +162,7 @@ fn cleanup_removes_files_no_kept_checkpoint_references() {
 
 #[test]
 fn orphan_files_are_removed_once_older_than_the_grace_period() {
-    let store = TempStore::new();
+    let store = TempStore::sqlite();
     let path = store.path();
     let engine = engine(&path, 64 << 10);
     start(&engine, executor(128 << 10, Arc::default(), false));
@@ -194,7 +194,7 @@ fn orphan_files_are_removed_once_older_than_the_grace_period() {
 fn a_compressed_and_a_raw_copy_of_one_value_do_not_overwrite_each_other() {
     // Regression: both stored forms of one value used to share a file name, so the raw copy
     // replaced the compressed file that the value's row (codec zstd) pointed at.
-    let store = TempStore::new();
+    let store = TempStore::sqlite();
     let path = store.path();
     let engine = engine(&path, 64 << 10);
     let size = 1 << 20;

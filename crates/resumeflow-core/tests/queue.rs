@@ -58,14 +58,15 @@ fn racing_claimers_never_take_one_run_twice() {
     }
     let claimers = 4;
     let barrier = Arc::new(Barrier::new(claimers));
-    let path = store.path();
+    let target = store.target();
     let threads: Vec<_> = (0..claimers)
         .map(|_| {
             let barrier = barrier.clone();
-            let path = path.clone();
+            let target = target.clone();
             std::thread::spawn(move || {
                 // Separate engines: separate lease owners and writer connections.
-                let engine = resumeflow_core::Engine::open(path, Default::default()).unwrap();
+                let engine =
+                    resumeflow_core::Engine::open_target(&target, Default::default()).unwrap();
                 let counter = Counter::new();
                 let served: Vec<(_, Arc<dyn NodeExecutor>)> = vec![(chain(3), counter.executor())];
                 barrier.wait();

@@ -8,7 +8,7 @@ use common::*;
 use resumeflow_core::lease::LeaseRequest;
 use resumeflow_core::store::RunBatch;
 use resumeflow_core::{
-    Durability, Engine, EngineOptions, Error, EventKind, SqliteStore, Store, StoreError,
+    Durability, Engine, EngineOptions, Error, EventKind, SqliteStore, StoreError,
 };
 
 fn open_err(path: &std::path::Path) -> StoreError {
@@ -33,7 +33,7 @@ fn non_sqlite_file_is_refused_and_left_untouched() {
 
 #[test]
 fn truncated_store_is_refused() {
-    let store = TempStore::new();
+    let store = TempStore::sqlite();
     {
         let engine = store.engine();
         let counter = Counter::new();
@@ -81,7 +81,7 @@ fn make_foreign_sqlite(path: &std::path::Path) {
 
 #[test]
 fn newer_schema_is_refused_with_both_versions() {
-    let store = TempStore::new();
+    let store = TempStore::sqlite();
     drop(store.engine());
     let status = std::process::Command::new("python3")
         .args([
@@ -107,7 +107,7 @@ fn newer_schema_is_refused_with_both_versions() {
 #[test]
 fn new_store_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
-    let store = TempStore::new();
+    let store = TempStore::sqlite();
     drop(store.engine());
     let mode = std::fs::metadata(store.path())
         .unwrap()
@@ -123,7 +123,7 @@ fn stale_fencing_token_is_refused_and_writes_nothing() {
     let engine = store.engine();
     let counter = Counter::new();
     paused_chain(&engine, &counter, 3, "f");
-    let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
+    let raw = store.raw();
     let request = |owner: &str| LeaseRequest {
         owner: owner.to_string(),
         ttl: Duration::from_millis(50),
@@ -164,7 +164,7 @@ fn live_lease_blocks_and_expired_lease_is_taken_over() {
     let engine = store.engine();
     let counter = Counter::new();
     paused_chain(&engine, &counter, 2, "l");
-    let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
+    let raw = store.raw();
     // An owner on this host whose process is alive (this one) holds a live lease.
     let alive_owner = format!(
         "{}:{}:x",
@@ -243,14 +243,10 @@ fn unknown_runs_are_reported_by_every_call() {
 fn durability_modes_all_complete_and_replay() {
     for durability in [Durability::Sync, Durability::Batched, Durability::Off] {
         let store = TempStore::new();
-        let engine = Engine::open(
-            store.path(),
-            EngineOptions {
-                durability,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let engine = store.engine_with(EngineOptions {
+            durability,
+            ..Default::default()
+        });
         let counter = Counter::new();
         let state = finish(
             &engine
@@ -327,7 +323,7 @@ fn lease_is_refused_when_the_run_moved_since_the_plan_was_made() {
     let engine = store.engine();
     let counter = Counter::new();
     paused_chain(&engine, &counter, 3, "s");
-    let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
+    let raw = store.raw();
     let snapshot = raw.load_run("s").unwrap();
     finish(
         &engine
@@ -390,7 +386,7 @@ fn a_stale_attempt_cannot_save_partial_state() {
     let engine = store.engine();
     let counter = Counter::new();
     paused_chain(&engine, &counter, 3, "p");
-    let raw = SqliteStore::open(store.path(), Durability::Sync).unwrap();
+    let raw = store.raw();
     let lease = raw
         .acquire_lease(
             "p",
@@ -506,8 +502,8 @@ fn two_resumes_in_one_engine_cannot_both_take_the_run() {
 #[test]
 fn zero_max_concurrency_is_rejected() {
     let store = TempStore::new();
-    let err = Engine::open(
-        store.path(),
+    let err = Engine::open_target(
+        &store.target(),
         EngineOptions {
             max_concurrency: Some(0),
             ..Default::default()

@@ -8,8 +8,7 @@ mod workflow_resumption {
     use std::time::Duration;
 
     use resumeflow_core::{
-        Engine, EngineOptions, Error, Graph, NodeSpec, NodeStatus, ResumeOptions, RunStatus,
-        StartOptions,
+        Engine, Error, Graph, NodeSpec, NodeStatus, ResumeOptions, RunStatus, StartOptions,
     };
 
     use super::common::*;
@@ -511,7 +510,7 @@ mod workflow_resumption {
     #[test]
     fn test_resume_from_earlier_checkpoint_reruns_later_nodes() {
         let store = TempStore::new();
-        let engine = Engine::open(store.path(), EngineOptions::default()).unwrap();
+        let engine = store.engine();
         let counter = Counter::new();
         let graph = named_chain(&["a", "b", "c"]);
         finish(

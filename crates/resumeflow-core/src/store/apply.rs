@@ -504,6 +504,11 @@ pub fn insert_run(conn: &Connection, path: &Path, run: &NewRun, now: f64) -> Res
     )
 }
 
+/// The stored form of run inputs.
+pub fn encode_inputs(inputs: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    rmp_serde::to_vec_named(&EncodedInputs(inputs)).expect("inputs encode")
+}
+
 /// Run inputs are stored as a msgpack map of binary values.
 struct EncodedInputs<'a>(&'a BTreeMap<String, Vec<u8>>);
 

@@ -107,6 +107,17 @@ impl BlobFiles {
         }
     }
 
+    /// Blob files in `dir` for the store named `store` (in messages): a directory every
+    /// host of a shared store mounts.
+    pub fn in_dir(dir: &Path, store: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            db: store.to_path_buf(),
+            threshold: AtomicU64::new(DEFAULT_FILE_THRESHOLD),
+            created: OnceLock::new(),
+        }
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir

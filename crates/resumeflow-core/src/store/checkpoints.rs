@@ -23,7 +23,7 @@ pub struct CheckpointRow {
     pub kind: String,
 }
 
-type Delta = Vec<(String, i64, Option<ValueRef>)>;
+pub type Delta = Vec<(String, i64, Option<ValueRef>)>;
 /// Completed nodes and their values.
 pub type CompletedValues = BTreeMap<String, ValueRef>;
 
@@ -141,9 +141,18 @@ pub fn history(
     order: &[String],
 ) -> Result<Vec<Checkpoint>> {
     let (rows, deltas) = load_chain(conn, path, run_id)?;
-    let states = all_states(&rows, &deltas);
-    Ok(rows
-        .iter()
+    Ok(history_of(&rows, &deltas, run_id, order))
+}
+
+/// Checkpoints newest first from a loaded chain, with the completed nodes as of each.
+pub fn history_of(
+    rows: &[CheckpointRow],
+    deltas: &HashMap<i64, Delta>,
+    run_id: &str,
+    order: &[String],
+) -> Vec<Checkpoint> {
+    let states = all_states(rows, deltas);
+    rows.iter()
         .rev()
         .map(|row| {
             let state = &states[&row.id];
@@ -161,7 +170,75 @@ pub fn history(
                 kind: row.kind.clone(),
             }
         })
-        .collect())
+        .collect()
+}
+
+/// What a cleanup of one run deletes and rewrites: no SQL, shared by every store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanupPlan {
+    /// Checkpoints deleted (with their deltas).
+    pub deleted: BTreeSet<i64>,
+    /// Kept checkpoints whose parent goes away: each becomes a snapshot of its full state.
+    pub snapshots: Vec<(i64, CompletedValues)>,
+    /// Events up to this seq are compacted into one `Compacted` event.
+    pub compact_upto: i64,
+}
+
+/// Plans deleting all but the newest `keep_last` checkpoints (and the head), only those
+/// created before `older_than`; `None` when nothing goes.
+pub fn plan_cleanup(
+    rows: &[CheckpointRow],
+    deltas: &HashMap<i64, Delta>,
+    head: Option<i64>,
+    keep_last: usize,
+    older_than: Option<f64>,
+) -> std::result::Result<Option<CleanupPlan>, String> {
+    let mut keep: BTreeSet<i64> = rows.iter().rev().take(keep_last).map(|r| r.id).collect();
+    keep.extend(head);
+    let deleted: Vec<&CheckpointRow> = rows
+        .iter()
+        .filter(|r| !keep.contains(&r.id) && older_than.is_none_or(|t| r.created_at < t))
+        .collect();
+    if deleted.is_empty() {
+        return Ok(None);
+    }
+    let deleted_ids: BTreeSet<i64> = deleted.iter().map(|r| r.id).collect();
+    let mut snapshots = Vec::new();
+    for row in rows.iter().filter(|r| !deleted_ids.contains(&r.id)) {
+        if row.kind == "snapshot" || !row.parent.is_some_and(|p| deleted_ids.contains(&p)) {
+            continue;
+        }
+        let state = state_at(rows, deltas, row.id)
+            .ok_or_else(|| format!("broken parent chain at {}", row.id))?;
+        snapshots.push((row.id, state));
+    }
+    Ok(Some(CleanupPlan {
+        compact_upto: deleted.iter().map(|r| r.seq).max().unwrap_or(0),
+        deleted: deleted_ids,
+        snapshots,
+    }))
+}
+
+/// The event that stands for `events` once they are compacted, with its time and the
+/// values its snapshot still references; `None` if there is nothing to fold.
+pub fn compaction(events: &[Event]) -> Option<(EventKind, f64, Vec<Vec<u8>>)> {
+    if events.len() <= 1 {
+        return None;
+    }
+    let snapshot = RunProjection::replay(events);
+    let at = snapshot.updated_at;
+    let hashes = snapshot
+        .nodes
+        .values()
+        .filter_map(|n| n.output.as_ref().map(|v| v.hash.clone()))
+        .collect();
+    Some((
+        EventKind::Compacted {
+            snapshot: Box::new(snapshot),
+        },
+        at,
+        hashes,
+    ))
 }
 
 /// Deletes old checkpoints of one run inside the open transaction; returns how many.
@@ -181,31 +258,15 @@ pub fn cleanup_run(
             |r| r.get(0),
         )
         .map_err(&map)?;
-    let mut keep: BTreeSet<i64> = rows.iter().rev().take(keep_last).map(|r| r.id).collect();
-    keep.extend(head);
-    let deleted: Vec<&CheckpointRow> = rows
-        .iter()
-        .filter(|r| !keep.contains(&r.id) && older_than.is_none_or(|t| r.created_at < t))
-        .collect();
-    if deleted.is_empty() {
+    let Some(plan) = plan_cleanup(&rows, &deltas, head, keep_last, older_than)
+        .map_err(|e| corrupt(path, "checkpoints", format!("run {run_id:?}: {e}")))?
+    else {
         return Ok(0);
-    }
-    let deleted_ids: BTreeSet<i64> = deleted.iter().map(|r| r.id).collect();
-    // Fold: a kept checkpoint whose parent goes away becomes a snapshot of its full state.
-    for row in rows.iter().filter(|r| !deleted_ids.contains(&r.id)) {
-        if row.kind == "snapshot" || !row.parent.is_some_and(|p| deleted_ids.contains(&p)) {
-            continue;
-        }
-        let state = state_at(&rows, &deltas, row.id).ok_or_else(|| {
-            corrupt(
-                path,
-                "checkpoints",
-                format!("run {run_id:?}: broken parent chain at {}", row.id),
-            )
-        })?;
+    };
+    for (id, state) in &plan.snapshots {
         conn.execute(
             "DELETE FROM checkpoint_nodes WHERE run_id = ?1 AND checkpoint_id = ?2",
-            params![run_id, row.id],
+            params![run_id, id],
         )
         .map_err(&map)?;
         let mut st = conn
@@ -214,10 +275,10 @@ pub fn cleanup_run(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(&map)?;
-        for (node, value) in &state {
+        for (node, value) in state {
             st.execute(params![
                 run_id,
-                row.id,
+                id,
                 node,
                 OP_COMPLETED,
                 value.hash,
@@ -227,11 +288,11 @@ pub fn cleanup_run(
         }
         conn.execute(
             "UPDATE checkpoints SET parent_id = NULL, kind = 'snapshot' WHERE run_id = ?1 AND checkpoint_id = ?2",
-            params![run_id, row.id],
+            params![run_id, id],
         )
         .map_err(&map)?;
     }
-    for id in &deleted_ids {
+    for id in &plan.deleted {
         conn.execute(
             "DELETE FROM checkpoint_nodes WHERE run_id = ?1 AND checkpoint_id = ?2",
             params![run_id, id],
@@ -243,28 +304,22 @@ pub fn cleanup_run(
         )
         .map_err(&map)?;
     }
-    let upto = deleted.iter().map(|r| r.seq).max().unwrap_or(0);
-    compact_events(conn, path, run_id, upto)?;
-    Ok(deleted.len())
+    compact_events(conn, path, run_id, plan.compact_upto)?;
+    Ok(plan.deleted.len())
 }
 
 /// Replaces the events up to `upto` with one `Compacted` event holding their fold.
 fn compact_events(conn: &Connection, path: &Path, run_id: &str, upto: i64) -> Result<()> {
     let map = sql(path);
     let events = load_events(conn, path, run_id, Some(upto))?;
-    if events.len() <= 1 {
+    let Some((kind, at, hashes)) = compaction(&events) else {
         return Ok(());
-    }
-    let snapshot = RunProjection::replay(&events);
-    let at = snapshot.updated_at;
+    };
     conn.execute(
         "DELETE FROM events WHERE run_id = ?1 AND seq <= ?2",
         params![run_id, upto],
     )
     .map_err(&map)?;
-    let kind = EventKind::Compacted {
-        snapshot: Box::new(snapshot.clone()),
-    };
     conn.execute(
         "INSERT INTO events (run_id, seq, at, kind, node_id, payload) VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
         params![run_id, upto, at, kind.name(), kind.encode()],
@@ -272,10 +327,10 @@ fn compact_events(conn: &Connection, path: &Path, run_id: &str, upto: i64) -> Re
     .map_err(&map)?;
     conn.execute("DELETE FROM compaction_refs WHERE run_id = ?1", [run_id])
         .map_err(&map)?;
-    for value in snapshot.nodes.values().filter_map(|n| n.output.as_ref()) {
+    for hash in hashes {
         conn.execute(
             "INSERT OR IGNORE INTO compaction_refs (run_id, hash) VALUES (?1, ?2)",
-            params![run_id, value.hash],
+            params![run_id, hash],
         )
         .map_err(&map)?;
     }

@@ -9,9 +9,11 @@ pub mod blob_files;
 mod checkpoints;
 pub mod latency;
 pub mod plan;
+pub mod postgres;
 pub(crate) mod queue;
 mod schema;
 mod sqlite;
+mod staging;
 pub mod summary;
 mod threads_sqlite;
 mod writer;
@@ -28,6 +30,7 @@ use crate::graph::Graph;
 use crate::lease::{Lease, LeaseRequest};
 use crate::state::{Checkpoint, RunState, RunStatus, ValueRef};
 
+pub use postgres::{PgOptions, PgStore};
 pub use schema::{migrations, SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 

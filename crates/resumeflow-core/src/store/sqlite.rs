@@ -19,7 +19,7 @@ use super::apply::{self, corrupt, sql, NODE_COLUMNS};
 use super::blob_files::{self, BlobFiles};
 use super::checkpoints;
 use super::schema::{self, Existing, SCHEMA_VERSION};
-use super::writer::Writer;
+use super::writer::{SqliteWriteConnection, Writer};
 use super::{
     CleanupRequest, CommitTicket, Durability, NewRun, RunBatch, Store, StoredRun, ValueCodec,
 };
@@ -32,12 +32,11 @@ const CHANGE_POLL: Duration = Duration::from_millis(20);
 /// The embedded store: one writer thread (group commit) and one reader connection.
 pub struct SqliteStore {
     pub(super) path: PathBuf,
-    /// `(run_id, token)` whose batch was refused: later batches under the same lease are
-    /// refused too, so a run never commits a step after a step it depends on failed to land.
-    poisoned: Arc<Mutex<HashSet<(String, i64)>>>,
+    /// Leases whose batch was refused: their later batches are refused too.
+    poisoned: Refusals,
     /// `None` once closed (so that the file is released, not only the writer).
     reader: Mutex<Option<Connection>>,
-    pub(super) writer: Writer,
+    pub(super) writer: Writer<SqliteWriteConnection>,
     /// Large values, as files beside the database.
     files: Arc<BlobFiles>,
     /// Blob files no row references are removed by `cleanup` once this old (seconds).
@@ -55,14 +54,7 @@ const RESERVED_PAGES: i64 = 32;
 /// The smallest `max_store_bytes` that can hold a store (schema, a few runs, the reserve).
 pub const MIN_STORE_BYTES: u64 = 1 << 20;
 
-/// Fault injection for crash tests: with `RESUMEFLOW_FAILPOINT=<name>` in the environment,
-/// the process aborts at that point (`after_blob_write`: a blob file is durable, the commit
-/// that references it has not happened).
-fn failpoint(name: &str) {
-    if std::env::var("RESUMEFLOW_FAILPOINT").is_ok_and(|v| v == name) {
-        std::process::abort();
-    }
-}
+use super::staging::{check_hash, failpoint, stage_values, unpack, Refusals};
 
 /// How old an unreferenced blob file must be before `cleanup` removes it by default: far
 /// longer than any commit takes, so a file written by another process whose commit is still
@@ -260,9 +252,16 @@ impl SqliteStore {
         durability: Durability,
     ) -> Self {
         Self {
-            writer: Writer::spawn(writer_conn, path.clone(), durability),
+            writer: Writer::spawn(
+                SqliteWriteConnection {
+                    conn: writer_conn,
+                    path: path.clone(),
+                },
+                path.clone(),
+                durability,
+            ),
             reader: Mutex::new(Some(reader)),
-            poisoned: Arc::default(),
+            poisoned: Refusals::default(),
             files: Arc::new(BlobFiles::new(&path)),
             orphan_grace_s: AtomicU64::new(DEFAULT_ORPHAN_GRACE_S),
             max_bytes: Arc::default(),
@@ -393,28 +392,7 @@ impl SqliteStore {
     /// Compresses what asks for it and moves large values to blob files, durably, before the
     /// batch is queued (so neither runs inside the writer's transaction).
     fn stage(&self, batch: &mut RunBatch) -> Result<()> {
-        for v in &mut batch.values {
-            if v.codec != ValueCodec::Raw || v.in_file {
-                continue; // staged already
-            }
-            if v.compress {
-                let packed = zstd::bulk::compress(&v.bytes, 3).map_err(|e| {
-                    unusable(
-                        &self.path,
-                        format!("cannot compress value {}: {e}", v.value.hex()),
-                    )
-                })?;
-                v.bytes = packed.into();
-                v.codec = ValueCodec::Zstd;
-            }
-            if v.bytes.len() as u64 >= self.files.threshold() {
-                self.files.write(&v.value, v.codec, &v.bytes)?;
-                failpoint("after_blob_write");
-                v.bytes = Arc::from(&[][..]);
-                v.in_file = true;
-            }
-        }
-        Ok(())
+        stage_values(batch, Some(&self.files), &self.path)
     }
 
     /// Removes the files of values the last garbage collection deleted, then orphan files
@@ -487,32 +465,11 @@ impl SqliteStore {
         } else {
             data
         };
-        let data = match codec {
-            ValueCodec::Raw => stored,
-            ValueCodec::Zstd => {
-                zstd::bulk::decompress(&stored, value.size as usize).map_err(|e| {
-                    corrupt(
-                        &self.path,
-                        "blobs",
-                        format!("value {} does not decompress: {e}", value.hex()),
-                    )
-                })?
-            }
-        };
-        self.check_hash(value, &data)?;
-        Ok(data)
+        unpack(&self.path, value, stored, codec)
     }
 
     fn check_hash(&self, value: &ValueRef, data: &[u8]) -> Result<()> {
-        if blake3::hash(data).as_bytes()[..] == value.hash[..] && data.len() as u64 == value.size {
-            Ok(())
-        } else {
-            Err(corrupt(
-                &self.path,
-                "blobs",
-                format!("value {} fails its hash check", value.hex()),
-            ))
-        }
+        check_hash(&self.path, value, data)
     }
 
     pub(super) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -911,15 +868,7 @@ impl Store for SqliteStore {
         let files = self.files.clone();
         let max_bytes = self.max_bytes.clone();
         self.writer.submit(move |conn, at| {
-            let key = batch.token.map(|t| (batch.run_id.clone(), t));
-            if let Some(key) = &key {
-                if poisoned.lock().expect("poison lock").contains(key) {
-                    return Err(Error::LeaseLost {
-                        run_id: key.0.clone(),
-                        token: key.1,
-                    });
-                }
-            }
+            poisoned.check(&batch)?;
             // A reference is committed only while its file exists (a cleanup, in any process,
             // sweeps inside a write transaction too, so this check and the commit are atomic
             // with respect to it).
@@ -938,12 +887,7 @@ impl Store for SqliteStore {
                 None => apply::apply_batch(conn, &path, &batch, at),
             }
             .map_err(|e| with_size(conn, e, max_bytes.load(Ordering::Relaxed)));
-            // A stale attempt's partial state is refused alone: it says nothing about the
-            // run's other batches.
-            let stale = matches!(result, Err(Error::StaleAttempt { .. }));
-            if let (Err(_), Some(key), false) = (&result, key, stale) {
-                poisoned.lock().expect("poison lock").insert(key);
-            }
+            poisoned.record(&batch, &result);
             result
         })
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, DropBehavior, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result, StoreError};
@@ -16,10 +16,69 @@ use crate::lease::now;
 
 use super::Durability;
 
+/// A connection the writer commits groups on: one transaction per group, one savepoint
+/// per operation. Errors name the store.
+pub trait GroupConnection: Send + 'static {
+    /// Begins the group's transaction; returns its time (seconds since the epoch) on the
+    /// store's clock, which every operation of the group uses.
+    fn begin(&mut self) -> Result<f64>;
+    fn savepoint(&mut self) -> Result<()>;
+    fn release_savepoint(&mut self) -> Result<()>;
+    fn rollback_to_savepoint(&mut self) -> Result<()>;
+    fn commit(&mut self) -> Result<()>;
+    /// Abandons the transaction after a failed commit (errors ignored).
+    fn rollback(&mut self);
+}
+
+/// SQLite's write connection (`BEGIN IMMEDIATE`; the local clock).
+pub struct SqliteWriteConnection {
+    pub conn: Connection,
+    pub path: PathBuf,
+}
+
+impl std::ops::Deref for SqliteWriteConnection {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl SqliteWriteConnection {
+    fn run(&self, what: &str, statement: &str) -> Result<()> {
+        self.conn
+            .execute_batch(statement)
+            .map_err(|e| sqlite_error(&self.path, what, &e))
+    }
+}
+
+impl GroupConnection for SqliteWriteConnection {
+    fn begin(&mut self) -> Result<f64> {
+        self.run("cannot begin a write transaction", "BEGIN IMMEDIATE")?;
+        Ok(now())
+    }
+    fn savepoint(&mut self) -> Result<()> {
+        self.run("savepoint", "SAVEPOINT rf_op")
+    }
+    fn release_savepoint(&mut self) -> Result<()> {
+        self.run("release savepoint", "RELEASE rf_op")
+    }
+    fn rollback_to_savepoint(&mut self) -> Result<()> {
+        self.run("rollback to savepoint", "ROLLBACK TO rf_op; RELEASE rf_op")
+    }
+    fn commit(&mut self) -> Result<()> {
+        self.run("commit failed", "COMMIT")
+    }
+    fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 /// One queued operation.
-trait WriteJob: Send {
+trait WriteJob<C>: Send {
     /// Runs inside a savepoint; returns true if the savepoint should be kept.
-    fn run(&mut self, conn: &Connection, at: f64) -> bool;
+    fn run(&mut self, conn: &mut C, at: f64) -> bool;
     /// Records a failure that happened before the job could run.
     fn fail(&mut self, error: Error);
     /// Sends the reply once the commit outcome is known.
@@ -32,12 +91,12 @@ struct TypedJob<T, F> {
     reply: oneshot::Sender<Result<T>>,
 }
 
-impl<T, F> WriteJob for TypedJob<T, F>
+impl<C, T, F> WriteJob<C> for TypedJob<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection, f64) -> Result<T> + Send,
+    F: FnOnce(&mut C, f64) -> Result<T> + Send,
 {
-    fn run(&mut self, conn: &Connection, at: f64) -> bool {
+    fn run(&mut self, conn: &mut C, at: f64) -> bool {
         let work = self.work.take().expect("a job runs once");
         let result = work(conn, at);
         let ok = result.is_ok();
@@ -60,18 +119,17 @@ where
 }
 
 /// Jobs waiting for a commit, and whether the writer is closing.
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Box<dyn WriteJob>>,
+struct Queue<C> {
+    jobs: VecDeque<Box<dyn WriteJob<C>>>,
     closed: bool,
 }
 
-struct Shared {
-    queue: Mutex<Queue>,
+struct Shared<C> {
+    queue: Mutex<Queue<C>>,
     /// Wakes the background thread when `submit` queued a job.
     wake: Condvar,
     /// The write connection: whoever holds it commits everything queued (the leader).
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Option<C>>,
     path: PathBuf,
     /// Group transactions committed so far (the in-process change feed's clock).
     commits: Mutex<u64>,
@@ -81,9 +139,9 @@ struct Shared {
     latency: super::latency::Latency,
 }
 
-impl Shared {
+impl<C: GroupConnection> Shared<C> {
     /// Takes up to [`MAX_GROUP`] queued jobs.
-    fn drain(&self) -> Vec<Box<dyn WriteJob>> {
+    fn drain(&self) -> Vec<Box<dyn WriteJob<C>>> {
         let mut queue = self.queue.lock().expect("writer queue");
         let n = queue.jobs.len().min(MAX_GROUP);
         queue.jobs.drain(..n).collect()
@@ -91,7 +149,7 @@ impl Shared {
 
     /// Commits what is queued, as one group, if the connection is still open; with the
     /// connection lock held by the caller.
-    fn commit_queued(&self, conn: &mut Option<Connection>) {
+    fn commit_queued(&self, conn: &mut Option<C>) {
         let jobs = self.drain();
         if jobs.is_empty() {
             return;
@@ -121,8 +179,8 @@ impl Shared {
 /// (leader/follower group commit: whoever holds the connection commits every queued job in
 /// one transaction), so an uncontended write costs no thread hand-off. [`Writer::submit`]
 /// queues the job for the background thread and returns at once.
-pub struct Writer {
-    shared: Arc<Shared>,
+pub struct Writer<C> {
+    shared: Arc<Shared<C>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     durability: Durability,
 }
@@ -130,13 +188,16 @@ pub struct Writer {
 /// Most operations one transaction takes.
 const MAX_GROUP: usize = 1024;
 
-impl Writer {
+impl<C: GroupConnection> Writer<C> {
     /// Starts the writer's background thread on `conn`.
-    pub fn spawn(conn: Connection, path: PathBuf, durability: Durability) -> Self {
+    pub fn spawn(conn: C, path: PathBuf, durability: Durability) -> Self {
         // There is no artificial window: work that arrives while a commit is in flight
         // shares the next one, and no caller is delayed on purpose.
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
             wake: Condvar::new(),
             conn: Mutex::new(Some(conn)),
             path,
@@ -180,10 +241,10 @@ impl Writer {
     fn enqueue<T, F>(&self, work: F, wake: bool) -> oneshot::Receiver<Result<T>>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, f64) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut C, f64) -> Result<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let mut job: Box<dyn WriteJob> = Box::new(TypedJob {
+        let mut job: Box<dyn WriteJob<C>> = Box::new(TypedJob {
             work: Some(work),
             result: None,
             reply,
@@ -212,7 +273,7 @@ impl Writer {
     pub fn submit<T, F>(&self, work: F) -> oneshot::Receiver<Result<T>>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, f64) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut C, f64) -> Result<T> + Send + 'static,
     {
         if self.durability != Durability::Sync {
             return self.enqueue(work, true);
@@ -230,7 +291,7 @@ impl Writer {
     pub fn call<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, f64) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut C, f64) -> Result<T> + Send + 'static,
     {
         let mut rx = self.enqueue(work, false);
         loop {
@@ -270,7 +331,7 @@ impl Writer {
 
 /// The background thread: commits what `submit` queued until the writer closes, then what
 /// is left, then closes the connection.
-fn run(shared: &Shared) {
+fn run<C: GroupConnection>(shared: &Shared<C>) {
     loop {
         {
             let mut queue = shared.queue.lock().expect("writer queue");
@@ -302,12 +363,14 @@ fn sqlite_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
     .into()
 }
 
-fn commit_group(conn: &mut Connection, path: &Path, mut jobs: Vec<Box<dyn WriteJob>>) {
-    let at = now();
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let err = sqlite_error(path, "cannot begin a write transaction", &e);
+fn commit_group<C: GroupConnection>(
+    conn: &mut C,
+    path: &Path,
+    mut jobs: Vec<Box<dyn WriteJob<C>>>,
+) {
+    let at = match conn.begin() {
+        Ok(at) => at,
+        Err(err) => {
             for job in jobs {
                 job.deliver(Some(&err));
             }
@@ -315,37 +378,36 @@ fn commit_group(conn: &mut Connection, path: &Path, mut jobs: Vec<Box<dyn WriteJ
         }
     };
     for job in &mut jobs {
-        match tx.savepoint() {
-            Ok(mut sp) => {
-                // A panicking operation is refused like a failed one (its savepoint rolls
-                // back); it must not unwind through the connection lock of every later writer.
-                let ran =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(&sp, at)));
-                let ok = ran.unwrap_or_else(|_| {
-                    job.fail(
-                        StoreError::Sqlite {
-                            path: path.to_path_buf(),
-                            message: "a write operation panicked; it was rolled back".into(),
-                        }
-                        .into(),
-                    );
-                    false
-                });
-                if ok {
-                    if let Err(e) = sp.commit() {
-                        job.fail(sqlite_error(path, "release savepoint", &e));
-                    }
-                } else {
-                    sp.set_drop_behavior(DropBehavior::Rollback);
+        if let Err(e) = conn.savepoint() {
+            job.fail(e);
+            continue;
+        }
+        // A panicking operation is refused like a failed one (its savepoint rolls back); it
+        // must not unwind through the connection lock of every later writer.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn, at)));
+        let ok = ran.unwrap_or_else(|_| {
+            job.fail(
+                StoreError::Unusable {
+                    path: path.to_path_buf(),
+                    message: "a write operation panicked; it was rolled back".into(),
                 }
-            }
-            Err(e) => job.fail(sqlite_error(path, "savepoint", &e)),
+                .into(),
+            );
+            false
+        });
+        let ended = if ok {
+            conn.release_savepoint()
+        } else {
+            conn.rollback_to_savepoint()
+        };
+        if let Err(e) = ended {
+            job.fail(e);
         }
     }
-    let commit_error = tx
-        .commit()
-        .err()
-        .map(|e| sqlite_error(path, "commit failed", &e));
+    let commit_error = conn.commit().err();
+    if commit_error.is_some() {
+        conn.rollback();
+    }
     for job in jobs {
         job.deliver(commit_error.as_ref());
     }

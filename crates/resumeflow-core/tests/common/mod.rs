@@ -157,23 +157,72 @@ pub fn seed(v: i64) -> BTreeMap<String, Vec<u8>> {
     BTreeMap::from([("seed".to_string(), encode(v))])
 }
 
+/// A fresh store for one test: a SQLite file, or — with `RESUMEFLOW_TEST_PG_URL` set — a
+/// fresh schema in that PostgreSQL database, so the same tests run on both stores.
 pub struct TempStore {
     pub dir: tempfile::TempDir,
+    target: String,
 }
 
 impl TempStore {
+    /// The store the environment asks for (SQLite unless `RESUMEFLOW_TEST_PG_URL` is set).
     pub fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
+        match std::env::var("RESUMEFLOW_TEST_PG_URL") {
+            Ok(url) if !url.is_empty() => Self::postgres(&url),
+            _ => Self::sqlite(),
         }
     }
 
+    /// Always a SQLite file (tests of the file itself).
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("runs.db").display().to_string();
+        Self { dir, target }
+    }
+
+    fn postgres(url: &str) -> Self {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let schema = format!("t_{:016x}", fastrand::u64(..));
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            target: format!("{url}{sep}schema={schema}"),
+        }
+    }
+
+    /// True for a PostgreSQL store.
+    pub fn is_postgres(&self) -> bool {
+        self.target.starts_with("postgres")
+    }
+
+    /// The SQLite file's path (only for a SQLite store).
     pub fn path(&self) -> PathBuf {
-        self.dir.path().join("runs.db")
+        assert!(!self.is_postgres(), "path() of a PostgreSQL store");
+        PathBuf::from(&self.target)
+    }
+
+    /// What `Engine::open_target` opens.
+    pub fn target(&self) -> String {
+        self.target.clone()
     }
 
     pub fn engine(&self) -> Engine {
-        Engine::open(self.path(), EngineOptions::default()).unwrap()
+        self.engine_with(EngineOptions::default())
+    }
+
+    pub fn engine_with(&self, options: EngineOptions) -> Engine {
+        Engine::open_target(&self.target, options).unwrap()
+    }
+
+    /// The bare store (no engine), for trait-level tests.
+    pub fn raw(&self) -> Arc<dyn resumeflow_core::Store> {
+        if self.is_postgres() {
+            Arc::new(resumeflow_core::PgStore::open(&self.target, &Default::default()).unwrap())
+        } else {
+            Arc::new(
+                resumeflow_core::SqliteStore::open(self.path(), resumeflow_core::Durability::Sync)
+                    .unwrap(),
+            )
+        }
     }
 }
 
