@@ -89,6 +89,7 @@ class CoreEngine:
         max_store_bytes: int | None = None,
         blob_file_threshold: int | None = None,
         read_only: bool = False,
+        blob_dir: str | None = None,
     ) -> CoreEngine: ...
     @property
     def owner(self) -> str: ...

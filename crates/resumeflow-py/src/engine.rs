@@ -158,7 +158,7 @@ fn executor(runner: Py<PyAny>) -> Arc<dyn NodeExecutor> {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (path, max_concurrency=None, durability="sync", resources=None, lease_seconds=30.0, max_store_bytes=None, blob_file_threshold=None, read_only=false))]
+    #[pyo3(signature = (path, max_concurrency=None, durability="sync", resources=None, lease_seconds=30.0, max_store_bytes=None, blob_file_threshold=None, read_only=false, blob_dir=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -170,6 +170,7 @@ impl PyEngine {
         max_store_bytes: Option<u64>,
         blob_file_threshold: Option<u64>,
         read_only: bool,
+        blob_dir: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         if max_concurrency == Some(0) {
             return Err(to_py(resumeflow_core::Error::InvalidArgument {
@@ -191,8 +192,10 @@ impl PyEngine {
             max_store_bytes,
             blob_file_threshold,
             read_only,
+            blob_dir,
         };
-        let engine = detached(py, || Engine::open(&path, options))?;
+        let target = path.to_string_lossy().into_owned();
+        let engine = detached(py, || Engine::open_target(&target, options))?;
         Ok(Self { engine })
     }
 
