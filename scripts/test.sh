@@ -24,6 +24,16 @@ if [ ! -x /usr/bin/chromedriver ]; then
     || { $SUDO apt-get update && $SUDO apt-get install -y chromium chromium-driver; }
 fi
 
+echo "== PostgreSQL server binaries for the PostgreSQL store tests (Debian's postgresql)"
+# tests/pg_cluster.py runs its own throwaway cluster from /usr/lib/postgresql/*/bin; the
+# package's own cluster is not used.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null; then
+  SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y postgresql \
+    || { $SUDO apt-get update && $SUDO apt-get install -y postgresql; }
+fi
+
 echo "== ruff"
 "$VENV/bin/ruff" check python tests benches scripts
 
