@@ -11,6 +11,9 @@ import time
 import pytest
 import resumeflow as rf
 
+# Every test taking `db` runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_stores
+
 
 def simple_wf(name="simple"):
     wf = rf.Workflow(name)
@@ -387,6 +390,7 @@ def test_engine_from_another_thread_and_run_status(db):
         assert run.status == "completed" and run.id == "s"
 
 
+@pytest.mark.sqlite_only
 def test_store_file_is_private(db):
     rf.Engine(db).close()
     assert os.stat(db).st_mode & 0o777 == 0o600

@@ -13,8 +13,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import TESTS, wait_for
 from rf_workflows import ledger_entries
+
+# Every test taking `db` runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_stores
 
 WORKFLOW = "rf_queue_workflows:steps"
 

@@ -8,9 +8,13 @@ import signal
 import textwrap
 import time
 
+import pytest
 import resumeflow as rf
 from conftest import chain_child, python, spawn, wait_for
 from rf_workflows import chain, ledger_entries
+
+# Every test taking `db` runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_stores
 
 
 def test_kill_mid_node_then_recover_in_a_new_process(db, ledger):

@@ -14,6 +14,9 @@ import resumeflow as rf
 from conftest import spawn, wait_for
 from rf_pool_workflows import executions, expected, five, orphan
 
+# Every test taking `db` runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_stores
+
 
 def worker(db: str, *, idle: float = 3.0, env: dict[str, str] | None = None, lease: float = 30.0):
     """A worker process serving ``five`` until the queue stays empty for ``idle`` seconds;

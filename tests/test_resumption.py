@@ -11,6 +11,9 @@ import resumeflow as rf
 from conftest import python, spawn
 from rf_workflows import FAST, chain, counts, ledger_entries, make_chain
 
+# Every test taking `db` runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_stores
+
 
 def test_basic_resumption(db, ledger):
     with rf.Engine(db) as engine:
