@@ -15,6 +15,7 @@ MODULES = [
     "resumeflow._workflow",
     "resumeflow.langgraph",
     "resumeflow._engine",
+    "resumeflow._store_url",
     "resumeflow._queue",
     "resumeflow._events",
     "resumeflow._tracing",

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import _codec, _events, _queue, _tracing, _workers
+from . import _codec, _events, _queue, _store_url, _tracing, _workers
 from ._core import (
     CoreEngine,
     CoreRun,
@@ -216,7 +216,10 @@ def _older_than(value: Any) -> float | None:
 
 
 class Engine:
-    """Runs workflows durably on the SQLite store at ``path`` (created if missing).
+    """Runs workflows durably on the SQLite store at ``path`` (created if missing), or, when
+    ``path`` is a URL ``postgresql://user:password@host:port/dbname?schema=NAME``, on a
+    PostgreSQL store with the same API and semantics. ``repr(engine)`` and the messages Python
+    code writes about the store never show a URL's password.
 
     Beyond the basic options: ``max_store_bytes`` caps the store's size (writes past it fail with
     ``StoreError`` and change nothing; at least ``MIN_STORE_BYTES``, 1 MiB);
@@ -273,6 +276,7 @@ class Engine:
         options: dict[str, Any] = {}
         if read_only:
             options["read_only"] = True
+        leaked: Exception | None = None
         try:
             self._core = CoreEngine(
                 self.path,
@@ -287,11 +291,18 @@ class Engine:
         except TypeError as e:
             if read_only and "read_only" in str(e):
                 raise StoreError(
-                    f"store {self.path}: this build of resumeflow cannot open a store read-only; "
+                    f"store {_store_url.redact(self.path)}: this build of resumeflow cannot open a store read-only; "
                     "give this process write access to the file and its directory, or inspect a "
                     "writable copy"
                 ) from None
             raise
+        except Exception as e:
+            scrubbed = _store_url.scrub(str(e), self.path)
+            if scrubbed == str(e):
+                raise
+            leaked = type(e)(scrubbed)
+        if leaked is not None:  # raised here, not in the except: no __context__ keeps the password
+            raise leaked
         self._runners: dict[int, Runner] = {}
         #: Handles of the runs this engine started or resumed (``close`` waits for them).
         self._handles: list[CoreRun] = []
@@ -831,7 +842,7 @@ class Engine:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Engine({self.path!r})"
+        return f"Engine({_store_url.redact(self.path)!r})"
 
 
 class _mismatch_hint:

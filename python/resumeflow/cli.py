@@ -31,6 +31,8 @@ from typing import Any
 
 import resumeflow as rf
 
+from ._store_url import is_url, redact, scrub
+
 WORKFLOW_LABEL = "resumeflow.workflow"
 
 #: Subcommands that only read: they never create a store.
@@ -269,7 +271,7 @@ def cmd_resume(engine: rf.Engine, args: argparse.Namespace) -> int:
                 f"name it: resumeflow resume {args.run_id} MODULE:WORKFLOW (or use Engine.resume)"
             )
         print(
-            f"resumeflow resume: importing {ref} (stored with run {args.run_id!r} in {args.db}; "
+            f"resumeflow resume: importing {ref} (stored with run {args.run_id!r} in {redact(args.db)}; "
             f"to choose the code yourself: resumeflow resume {args.run_id} MODULE:WORKFLOW)",
             file=sys.stderr,
             flush=True,
@@ -365,7 +367,7 @@ def cmd_worker(engine: rf.Engine, args: argparse.Namespace) -> int:
         at_once = args.max_concurrency or 8  # Engine.work's default without max_concurrency
         display.note(
             f"resumeflow worker: serving {', '.join(f'{n} ({r})' for n, r in refs.items())} "
-            f"from {args.db}, up to {at_once} runs at a time (pid {os.getpid()}); "
+            f"from {redact(args.db)}, up to {at_once} runs at a time (pid {os.getpid()}); "
             "Ctrl-C or SIGTERM stops it"
         )
     with stop.installed(), display.watching():
@@ -454,7 +456,7 @@ def cmd_demo(engine: rf.Engine | None, args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=None, help="store path (default resumeflow.db)")
+    common.add_argument("--db", default=None, help="store: a SQLite file path or a postgresql:// URL (default resumeflow.db)")
     common.add_argument("--json", action="store_true", help="print one JSON document")
     parser = argparse.ArgumentParser(prog="resumeflow", description="durable, resumable workflows")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -573,7 +575,7 @@ def cmd_serve(engine: rf.Engine, args: argparse.Namespace) -> int:
     from .server.serve import serve
 
     print(f"resumeflow serve: http://{args.host}:{args.port} (workflows: "
-          f"{', '.join(wf.name for wf in args.loaded)}; store {args.db})", file=sys.stderr, flush=True)
+          f"{', '.join(wf.name for wf in args.loaded)}; store {redact(args.db)})", file=sys.stderr, flush=True)
     serve(engine, args.loaded, host=args.host, port=args.port, token=args.token, max_body=args.max_body,
           keep_checkpoints=args.keep_checkpoints, keep_days=args.keep_days)
     return 0
@@ -599,13 +601,9 @@ def cmd_mcp(engine: rf.Engine, args: argparse.Namespace) -> int:
     from .server.mcp_stdio import serve_stdio
 
     print(f"resumeflow mcp: serving {', '.join(wf.name for wf in args.loaded)} over stdio "
-          f"(store {args.db}; streams on {args.server_url})", file=sys.stderr, flush=True)
+          f"(store {redact(args.db)}; streams on {args.server_url})", file=sys.stderr, flush=True)
     serve_stdio(engine, args.loaded, server_url=args.server_url, token=args.token)
     return 0
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def _open_store(args: argparse.Namespace) -> rf.Engine:
@@ -613,7 +611,7 @@ def _open_store(args: argparse.Namespace) -> rf.Engine:
     create a store (an absent file is ``NoStore``) and open a store this process cannot write
     read-only."""
     path = args.db
-    if args.command in NEEDS_STORE_COMMANDS and not _is_url(path) and not os.path.exists(path):
+    if args.command in NEEDS_STORE_COMMANDS and not is_url(path) and not os.path.exists(path):
         raise NoStore(f"no store at {path} (nothing was created; check --db)")
     options: dict[str, Any] = {}
     if getattr(args, "max_concurrency", None) is not None:
@@ -621,7 +619,8 @@ def _open_store(args: argparse.Namespace) -> rf.Engine:
     try:
         return rf.Engine(path, **options)
     except rf.StoreError:
-        if args.command not in READ_ONLY_COMMANDS or _writable(path):
+        # A URL has no file to open read-only instead: its error is the answer.
+        if args.command not in READ_ONLY_COMMANDS or is_url(path) or _writable(path):
             raise
     return rf.Engine(path, read_only=True)
 
@@ -668,10 +667,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (rf.ResumeflowError, UsageError, ValueError, TypeError, OSError) as e:
-        print(f"resumeflow {args.command}: {e}", file=sys.stderr)
+        print(f"resumeflow {args.command}: {scrub(str(e), args.db)}", file=sys.stderr)
         return 2
     except Exception as e:  # a library error we did not foresee: still no traceback
-        print(f"resumeflow {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"resumeflow {args.command}: {type(e).__name__}: {scrub(str(e), args.db)}", file=sys.stderr)
         return 2
 
 

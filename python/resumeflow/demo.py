@@ -18,8 +18,11 @@ import time
 from typing import Any
 
 import resumeflow as rf
+from resumeflow._store_url import is_url, redact
 
 EPOCHS = 8
+#: How the demo hands a store URL to its child process.
+CHILD_DB_VARIABLE = "RESUMEFLOW_DEMO_DB"
 KILL_AFTER_EPOCH = 3
 
 workflow = rf.Workflow("demo")
@@ -108,10 +111,14 @@ def run_demo(db: str | None = None, out=print) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="resumeflow-demo-")
     db = db or os.path.join(work, "demo.db")
     run_id = f"demo-{int(time.time())}-{os.getpid()}"
-    out(f"resumeflow demo: store {db}, run {run_id}")
+    out(f"resumeflow demo: store {redact(db)}, run {run_id}")
     out(f"[1/3] training in a child process: {' -> '.join(workflow.nodes)}")
+    # A store URL (it may hold a password) goes to the child in its environment, not its
+    # command line, which any user of the machine can read.
+    where = [] if is_url(db) else ["--db", db]
     child = subprocess.Popen(
-        [sys.executable, "-m", "resumeflow.demo", "--child", "--db", db, "--run-id", run_id, "--out-dir", work],
+        [sys.executable, "-m", "resumeflow.demo", "--child", *where, "--run-id", run_id, "--out-dir", work],
+        env={**os.environ, CHILD_DB_VARIABLE: db} if is_url(db) else None,
     )
     with rf.Engine(db) as engine:
         epoch = 0
@@ -156,7 +163,7 @@ def run_demo(db: str | None = None, out=print) -> dict[str, Any]:
         out(f"  run {run_id} is {final.status!r}; checkpoints: {len(engine.history(run_id))}")
         return {
             "run_id": run_id,
-            "db": db,
+            "db": redact(db),
             "skipped": skipped,
             "resumed_from_epoch": resumed_from,
             "accuracy": accuracy,
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default="")
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.db, args.run_id, args.out_dir)
+        _child(args.db or os.environ[CHILD_DB_VARIABLE], args.run_id, args.out_dir)
     else:
         run_demo(args.db)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import resumeflow as rf
+from resumeflow._store_url import redact, scrub
 
 #: Error type -> HTTP status (the first matching class wins).
 STATUS: list[tuple[type[BaseException], int]] = [
@@ -53,5 +54,13 @@ def status_of(exc: BaseException) -> int | None:
 
 
 def public_message(exc: BaseException, store_path: str) -> str:
-    """The error's message without the store's path on disk (a client need not know it)."""
-    return str(exc).replace(store_path, "<store>")
+    """The error's message without the store's path on disk or URL (a client need not know
+    it), and never a URL's password.
+
+    >>> url = "postgresql://rf:pw@db:5432/runs"
+    >>> public_message(rf.StoreError(f"store {redact(url)}: connection refused"), url)
+    'store <store>: connection refused'
+    """
+    text = str(exc).replace(store_path, "<store>")
+    text = text.replace(redact(store_path), "<store>")
+    return scrub(text, store_path)

@@ -20,12 +20,16 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 import resumeflow as rf
+from resumeflow._store_url import is_url
 
 FINISHED = ("completed", "failed", "cancelled")
 
 
-def store_bytes(path: str) -> int:
-    """Bytes the store takes on disk: the file, its WAL and its blob files."""
+def store_bytes(path: str) -> int | None:
+    """Bytes the store takes on disk: the file, its WAL and its blob files (None for a store
+    named by URL, e.g. PostgreSQL: its size is the database server's)."""
+    if is_url(path):
+        return None
     total = 0
     for suffix in ("", "-wal", "-shm"):
         try:
@@ -112,9 +116,12 @@ class StoreCollector:
                 yield family
         active = GaugeMetricFamily("resumeflow_active_runs", "Runs this server executes now")
         active.add_metric([], len(self.engine._core.active_runs()))
-        size = GaugeMetricFamily("resumeflow_store_bytes", "Bytes the store takes on disk")
-        size.add_metric([], store_bytes(self.engine.path))
-        yield from (finished, attempts, ooms, hist, active, size)
+        yield from (finished, attempts, ooms, hist, active)
+        on_disk = store_bytes(self.engine.path)
+        if on_disk is not None:  # a file store; a URL's size is its database server's
+            size = GaugeMetricFamily("resumeflow_store_bytes", "Bytes the store takes on disk")
+            size.add_metric([], on_disk)
+            yield size
 
 
 class Metrics:
