@@ -1,0 +1,348 @@
+"""The PostgreSQL store: what only a server store has (connection errors that never show the
+password, a schema written by a newer version, workers on several hosts, a kill -9 whose lease
+another host must wait out, a server restart mid-run). The contract both stores share runs
+from the parametrized modules (``pytest.mark.both_stores``: test_api_contract, test_resumption,
+test_queue, test_crash_recovery, test_cli_queue).
+
+Each test has a schema of its own on the session's throwaway cluster (tests/pg_cluster.py);
+without PostgreSQL server binaries they skip (under CI they fail)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import traceback
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import resumeflow as rf
+from conftest import TESTS, python, spawn, wait_for
+from pg_cluster import DATABASE, PASSWORD, USER, PgCluster, free_port, schema_of, wait_until_stopped
+from resumeflow._store_url import is_url, redact, scrub
+from rf_pool_workflows import executions, expected, five
+from rf_workflows import chain, ledger_entries
+
+
+def texts_of(err: BaseException) -> list[str]:
+    """Everything an error shows: str, repr, args, the formatted traceback, and the same for
+    every error chained to it (shown or not)."""
+    out, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        out += [str(err), repr(err), *map(repr, err.args), "".join(traceback.format_exception(err))]
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def assert_hidden(secret: str, *texts: str) -> None:
+    for text in texts:
+        assert secret not in text, f"the password {secret!r} leaked: {text!r}"
+
+
+def while_alive(child: subprocess.Popen[str], predicate, timeout: float = 60) -> None:
+    """Waits for ``predicate``; fails at once, with the child's output, if the child exits."""
+
+    def check() -> bool:
+        if child.poll() is not None:
+            out, err = child.communicate()
+            raise AssertionError(f"the child exited {child.returncode} first\nstdout: {out}\nstderr: {err}")
+        return predicate()
+
+    wait_for(check, timeout=timeout)
+
+
+def with_netloc(url: str, netloc: str, path: str | None = None) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=netloc, path=parts.path if path is None else path))
+
+
+# -- the test cluster itself ------------------------------------------------------------------
+
+
+def test_the_test_cluster_authenticates_with_scram_and_keeps_fsync(pg_server):
+    assert pg_server.sql("SHOW fsync") == "on"
+    assert pg_server.sql("SHOW synchronous_commit") == "on"
+    assert pg_server.sql("SHOW listen_addresses") == "127.0.0.1"
+    assert pg_server.sql("SELECT count(*) FROM pg_hba_file_rules WHERE auth_method <> 'scram-sha-256'") == "0"
+    ok = pg_server.psql_cmd("SELECT current_user || '@' || current_database()", user=USER, password=PASSWORD)
+    assert ok.returncode == 0 and ok.stdout.strip() == f"{USER}@{DATABASE}", ok.stderr
+    refused = pg_server.psql_cmd("SELECT 1", user=USER, password="not-the-password")
+    assert refused.returncode != 0 and "password authentication failed" in refused.stderr
+
+
+def test_a_cluster_starts_restarts_and_stops_leaving_nothing(pg_server):
+    cluster = PgCluster(pg_server.bindir)
+    try:
+        cluster.start()
+        assert cluster.accepts_connections()
+        cluster.restart()
+        assert cluster.sql("SELECT 41 + 1") == "42", "back after the restart"
+    finally:
+        cluster.stop()
+    assert wait_until_stopped(cluster), "the server still listens"
+    assert not cluster.root.exists(), "the cluster's directory was removed"
+
+
+# -- the URL: parsing, redaction (no server needed) ---------------------------------------------
+
+
+def test_urls_are_told_from_paths_and_shown_without_their_password():
+    url = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:5432/{DATABASE}?schema=t_x"
+    assert is_url(url) and not is_url("/tmp/runs.db") and not is_url("runs.db")
+    assert redact(url) == f"postgresql://{USER}:***@127.0.0.1:5432/{DATABASE}?schema=t_x"
+    assert redact("/tmp/a:b@c.db") == "/tmp/a:b@c.db", "a file path is never rewritten"
+    for tricky in ("postgresql://rf:p@ss:w/rd@h:1/d", "postgresql://rf:pw%40x@h/d", "postgresql://h/d?password=pw-q&x=1"):
+        shown = redact(tricky)
+        assert "p@ss" not in shown and "pw%40x" not in shown and "pw-q" not in shown, shown
+    assert scrub(f"failed: {url} (user rf, password {PASSWORD})", url) == (
+        f"failed: {redact(url)} (user rf, password ***)"
+    )
+
+
+# -- (a) bad connections are StoreErrors naming host, port and database, never the password -----
+
+
+def test_bad_connections_are_store_errors_naming_the_server_never_the_password(pg_url, pg_server):
+    port = pg_server.port
+    schema = schema_of(pg_url)
+    dead = free_port()
+    wrong = "wrong-pw-7f3a9c"
+    cases = {
+        "wrong password": (with_netloc(pg_url, f"{USER}:{wrong}@127.0.0.1:{port}"), wrong, ["127.0.0.1", str(port), DATABASE]),
+        "unknown database": (with_netloc(pg_url, f"{USER}:{PASSWORD}@127.0.0.1:{port}", "/no_such_db"), PASSWORD,
+                             ["127.0.0.1", str(port), "no_such_db"]),
+        "nothing listens": (with_netloc(pg_url, f"{USER}:{PASSWORD}@127.0.0.1:{dead}"), PASSWORD,
+                            ["127.0.0.1", str(dead), DATABASE]),
+        # libpq would take a Unix socket; the store requires a host.
+        "no host": (f"postgresql://{USER}:{PASSWORD}@/{DATABASE}?schema={schema}", PASSWORD, ["host", DATABASE]),
+        "no host, no user": (f"postgresql:///{DATABASE}?schema={schema}", PASSWORD, ["host", DATABASE]),
+    }
+    for why, (url, secret, named) in cases.items():
+        t0 = time.monotonic()
+        with pytest.raises(rf.StoreError) as info:
+            rf.Engine(url)
+        assert time.monotonic() - t0 < 20, f"{why}: a bad connection fails promptly"
+        message = str(info.value)
+        for part in named:
+            assert part in message, f"{why}: {part!r} not in {message!r}"
+        assert_hidden(secret, *texts_of(info.value))
+        assert_hidden(PASSWORD, *texts_of(info.value))
+
+
+def test_repr_and_cli_output_never_show_the_password(pg_url, ledger):
+    with rf.Engine(pg_url) as engine:
+        shown = [repr(engine), str(engine)]
+        engine.submit(five, {"x": 1}, run_id="shown")
+    assert_hidden(PASSWORD, *shown)
+    assert "127.0.0.1" in shown[0] and DATABASE in shown[0]
+
+    env = dict(os.environ)
+    worker = subprocess.run(
+        [sys.executable, "-m", "resumeflow", "worker", "rf_pool_workflows:five", "--db", pg_url, "--idle-timeout", "0.5"],
+        capture_output=True, text=True, cwd=TESTS, env=env, timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr
+    assert redact(pg_url) in worker.stderr, "the worker names its store, redacted"
+    assert_hidden(PASSWORD, worker.stdout, worker.stderr)
+
+    bad = with_netloc(pg_url, f"{USER}:wrong-pw-cli@127.0.0.1:{urlsplit(pg_url).port}")
+    for args in (["runs", "--json"], ["status", "shown"], ["worker", "rf_pool_workflows:five", "--idle-timeout", "0.1"]):
+        proc = subprocess.run([sys.executable, "-m", "resumeflow", *args, "--db", bad],
+                              capture_output=True, text=True, cwd=TESTS, env=env, timeout=120)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr and "127.0.0.1" in proc.stderr, (args, proc.stderr)
+        assert_hidden("wrong-pw-cli", proc.stdout, proc.stderr)
+
+
+# -- (b) a schema written by a newer version is refused and left as it is -----------------------
+
+
+def test_a_schema_from_a_newer_version_is_refused_and_its_data_kept(pg_url, pg_server):
+    schema = schema_of(pg_url)
+    with rf.Engine(pg_url) as engine:
+        engine.run(chain, {"x": 1}, run_id="kept")
+    version_sql = f"SELECT value FROM {schema}.meta WHERE key = 'schema_version'"
+    current = pg_server.sql(version_sql)
+    assert current and current != "999"
+    pg_server.sql(f"UPDATE {schema}.meta SET value = '999' WHERE key = 'schema_version'")
+    with pytest.raises(rf.StoreError, match="999") as info:
+        rf.Engine(pg_url)
+    assert "version" in str(info.value)
+    assert pg_server.sql(version_sql) == "999", "a newer schema is neither migrated nor downgraded"
+    pg_server.sql(f"UPDATE {schema}.meta SET value = '{current}' WHERE key = 'schema_version'")
+    with rf.Engine(pg_url) as engine:
+        state = engine.get_current_state("kept")
+    assert state.status == "completed" and state.values["c"] == 25
+
+
+# -- (c) four worker "hosts" share one queue --------------------------------------------------
+
+
+def cli_worker(db: str, host: str, *args: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = dict(os.environ, RESUMEFLOW_HOST_ID=host, **(env_extra or {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "resumeflow", "worker", "rf_pool_workflows:five", "--db", db, "--json", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TESTS, env=env,
+    )
+
+
+def lease_owners(engine: rf.Engine, run_id: str) -> set[str]:
+    return {e["data"]["owner"] for e in engine.events(run_id, after_seq=0, limit=10_000) if e["kind"] == "LeaseAcquired"}
+
+
+def test_four_hosts_run_300_queued_runs_each_node_exactly_once(pg_url, ledger):
+    with rf.Engine(pg_url) as engine:
+        for i in range(300):
+            engine.submit(five, {"x": i}, run_id=f"h{i:03d}")
+        assert len(engine.list_runs("queued")) == 300
+    hosts = [f"host-{n}" for n in range(4)]
+    workers = [cli_worker(pg_url, host, "--idle-timeout", "3") for host in hosts]
+    outs = []
+    for w in workers:
+        try:
+            outs.append(w.communicate(timeout=240))
+        except BaseException:
+            for other in workers:
+                other.kill()
+            raise
+    for w, (_out, err) in zip(workers, outs, strict=True):
+        assert w.returncode == 0, err
+    finished = [json.loads(out)["finished"] for out, _ in outs]
+    assert sum(finished) == 300, finished
+    assert sum(1 for n in finished if n) >= 2, f"the hosts shared the queue: {finished}"
+    ran = executions(ledger)
+    assert len(ran) == 300 * 5 and set(ran.values()) == {1}, "every node of every run executed exactly once"
+    took_by: set[str] = set()
+    with rf.Engine(pg_url) as engine:
+        for i in range(300):
+            state = engine.get_current_state(f"h{i:03d}")
+            assert state.status == "completed" and state.values["e"] == expected(i), (i, state.status)
+            owners = lease_owners(engine, f"h{i:03d}")
+            assert len(owners) == 1, (i, owners)  # one worker took each run
+            [owner] = owners
+            on = [h for h in hosts if h in owner]
+            assert len(on) == 1, f"RESUMEFLOW_HOST_ID names the owner's host: {owner!r}"
+            took_by.add(on[0])
+    assert len(took_by) >= 2, took_by
+
+
+# -- (d) kill -9 on one host; another host waits out the lease, then finishes the run ------------
+
+
+def test_a_worker_killed_on_one_host_is_recovered_from_another_after_its_lease(pg_url, ledger):
+    lease = 6.0
+    with rf.Engine(pg_url) as engine:
+        engine.submit(five, {"x": 4}, run_id="killed")
+    first = spawn(
+        textwrap.dedent(f"""
+            import resumeflow as rf
+            from rf_pool_workflows import five
+            with rf.Engine({pg_url!r}, lease_seconds={lease}) as e:
+                e.work([five], idle_timeout=60)
+        """),
+        env_extra={"RESUMEFLOW_HOST_ID": "host-a", "RF_SLOW_C": "60"},
+    )
+    try:
+        while_alive(first, lambda: "killed/c" in executions(ledger))
+        with rf.Engine(pg_url) as watcher:  # d committed (not only started) before the kill
+            while_alive(first, lambda: watcher.get_current_state("killed").nodes["d"].status == "completed", timeout=30)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+    killed_at = time.time()
+    recovered = python(
+        textwrap.dedent(f"""
+            import json, time, resumeflow as rf
+            from rf_pool_workflows import five
+            with rf.Engine({pg_url!r}, lease_seconds={lease}) as e:
+                deadline = time.time() + 60
+                runs = []
+                while not runs and time.time() < deadline:
+                    at = time.time()
+                    runs = e.recover([five])
+                    if not runs:
+                        time.sleep(0.1)
+                state = runs[0].wait(timeout=60)
+                print(json.dumps({{"at": at, "ids": [r.id for r in runs], "status": state.status,
+                                   "e": state.values.get("e")}}))
+        """),
+        env_extra={"RESUMEFLOW_HOST_ID": "host-b"},
+    )
+    assert recovered.returncode == 0, recovered.stderr
+    result = json.loads(recovered.stdout)
+    assert result["ids"] == ["killed"] and result["status"] == "completed"
+    assert result["e"] == expected(4)
+    # The lease was renewed at most lease/3 before the kill: nobody on another host may take
+    # the run before it expired, whatever it knows about processes on its own host.
+    assert result["at"] - killed_at >= lease / 2, f"taken {result['at'] - killed_at:.2f} s after the kill"
+    ran = executions(ledger)
+    assert ran["killed/a"] == ran["killed/b"] == ran["killed/d"] == ran["killed/e"] == 1
+    assert ran["killed/c"] == 2, "only the in-flight node ran again"
+    with rf.Engine(pg_url) as engine:
+        owners = lease_owners(engine, "killed")
+    assert len(owners) == 2 and any("host-a" in o for o in owners) and any("host-b" in o for o in owners), owners
+
+
+# -- (e) the server restarts while a run is between nodes ------------------------------------------
+
+
+def test_a_server_restart_between_nodes_loses_nothing_completed(pg_url, pg_server, ledger):
+    child = spawn(
+        textwrap.dedent(f"""
+            import json, resumeflow as rf
+            from rf_workflows import chain
+            outcome = {{}}
+            try:
+                e = rf.Engine({pg_url!r})
+                try:
+                    s = e.run(chain, {{"x": 2}}, run_id="restart")
+                    outcome = {{"outcome": s.status}}
+                finally:
+                    try:
+                        e.close()
+                    except Exception as err:
+                        outcome.setdefault("close", type(err).__name__)
+            except Exception as err:
+                outcome = {{"outcome": type(err).__name__, "typed": isinstance(err, rf.ResumeflowError),
+                            "message": str(err)}}
+            print(json.dumps(outcome), flush=True)
+        """),
+        env_extra={"RF_SLOW_B": "3"},
+    )
+    try:
+        while_alive(child, lambda: any(n == "b" for n, _ in ledger_entries(ledger)))
+        with rf.Engine(pg_url) as observer:
+            before = observer.get_current_state("restart")
+            assert before.nodes["a"].status == "completed" and before.nodes["b"].status == "running"
+            pg_server.restart()  # every connection is cut while b sleeps
+
+            def readable() -> bool:  # the observer's own engine reconnects too
+                try:
+                    return observer.get_current_state("restart").nodes["a"].status == "completed"
+                except rf.StoreError:
+                    return False
+
+            wait_for(readable, timeout=30)
+        out, err = child.communicate(timeout=90)
+    except BaseException:
+        child.kill()
+        child.communicate()
+        raise
+    assert child.returncode == 0, err
+    outcome = json.loads(out.strip().splitlines()[-1])
+    assert outcome["outcome"] == "completed" or outcome.get("typed") is True, outcome
+    with rf.Engine(pg_url) as engine:
+        state = engine.get_current_state("restart")
+        if state.status != "completed":  # the run failed with a typed error: it resumes
+            runs = engine.recover([chain])
+            state = (runs[0] if runs else engine.resume("restart", chain)).wait(timeout=60)
+        assert state.status == "completed", state.status
+        assert state.values == {"a": 3, "b": 30, "c": 35}
+    entries = ledger_entries(ledger)
+    assert [e for e in entries if e[0] == "a"] == [("a", 1)], "a completed before the restart: never again"
+    assert 1 <= sum(1 for e in entries if e[0] == "b") <= 2
