@@ -24,13 +24,17 @@ from langgraph.types import Command, interrupt
 from resumeflow.langgraph import ResumeflowSaver
 
 
-def _conformance(tmp_path: Path, make) -> dict:
+def _conformance(tmp_path: Path, make, store: str = "sqlite", request=None) -> dict:
+    """Runs LangGraph's conformance suite; each saver it asks for gets a fresh store (a
+    SQLite file, or a PostgreSQL schema of its own)."""
     count = [0]
+    base = request.getfixturevalue("pg_url") if store == "postgres" else None
 
     @checkpointer_test(name="ResumeflowSaver")
     async def factory():
         count[0] += 1
-        saver, closer = make(tmp_path / f"conformance-{count[0]}.db")
+        where = f"{base}_{count[0]}" if base else tmp_path / f"conformance-{count[0]}.db"
+        saver, closer = make(where)
         yield saver
         closer()
 
@@ -46,15 +50,20 @@ def _assert_all_pass(results: dict) -> None:
         assert result.tests_failed == 0 and result.tests_passed > 0
 
 
-def test_langgraph_conformance_suite_passes_every_capability(tmp_path):
+STORES = pytest.mark.parametrize("store", ["sqlite", "postgres"])
+
+
+@STORES
+def test_langgraph_conformance_suite_passes_every_capability(tmp_path, store, request):
     def make(path):
         saver = ResumeflowSaver(path)
         return saver, saver.close
 
-    _assert_all_pass(_conformance(tmp_path, make))
+    _assert_all_pass(_conformance(tmp_path, make, store, request))
 
 
-def test_conformance_suite_on_a_store_shared_with_an_engine(tmp_path):
+@STORES
+def test_conformance_suite_on_a_store_shared_with_an_engine(tmp_path, store, request):
     def make(path):
         engine = rf.Engine(str(path))
         saver = ResumeflowSaver(engine)
@@ -65,7 +74,7 @@ def test_conformance_suite_on_a_store_shared_with_an_engine(tmp_path):
 
         return saver, close
 
-    _assert_all_pass(_conformance(tmp_path, make))
+    _assert_all_pass(_conformance(tmp_path, make, store, request))
 
 
 # -- real graphs ---------------------------------------------------------------------------

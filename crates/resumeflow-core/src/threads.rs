@@ -210,3 +210,22 @@ pub trait ThreadStore: Send + Sync {
     /// Prunes these threads; returns the number of checkpoints deleted.
     fn prune(&self, thread_ids: &[String], strategy: PruneStrategy) -> Result<usize>;
 }
+
+/// The content address of a typed value: BLAKE3 over the tag, a NUL and the bytes.
+pub fn value_hash(value: &TypedBytes) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    h.update(value.type_tag.as_bytes());
+    h.update(&[0]);
+    h.update(&value.data);
+    h.finalize().as_bytes().to_vec()
+}
+
+/// A checkpoint's channel → version map as stored.
+pub fn encode_versions(versions: &[(String, String)]) -> Vec<u8> {
+    rmp_serde::to_vec(versions).expect("a list of string pairs encodes")
+}
+
+/// The stored version map back.
+pub fn decode_versions(bytes: &[u8]) -> Result<Vec<(String, String)>, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}

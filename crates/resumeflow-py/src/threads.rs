@@ -117,19 +117,19 @@ impl PyThreadStore {
     #[pyo3(signature = (path, durability="sync"))]
     fn new(py: Python<'_>, path: std::path::PathBuf, durability: &str) -> PyResult<Self> {
         let durability = Durability::parse(durability).map_err(to_py)?;
-        if resumeflow_core::store::postgres::is_postgres_url(&path.to_string_lossy()) {
-            return Err(to_py(resumeflow_core::Error::InvalidArgument {
-                field: "path".into(),
-                message: "the LangGraph saver keeps its threads in a SQLite file in this version; \
-                          give it a file path (or an Engine on a SQLite store)"
-                    .into(),
-            }));
-        }
-        let store = detached(py, || SqliteStore::open(&path, durability))?;
-        Ok(Self {
-            store: Arc::new(store),
-            owned: true,
-        })
+        let target = path.to_string_lossy().into_owned();
+        let store: Arc<dyn Store> = if resumeflow_core::store::postgres::is_postgres_url(&target) {
+            let options = resumeflow_core::store::PgOptions {
+                durability,
+                ..Default::default()
+            };
+            Arc::new(detached(py, || {
+                resumeflow_core::PgStore::open(&target, &options)
+            })?)
+        } else {
+            Arc::new(detached(py, || SqliteStore::open(&path, durability))?)
+        };
+        Ok(Self { store, owned: true })
     }
 
     /// Shares the store of an open engine (one writer for both).

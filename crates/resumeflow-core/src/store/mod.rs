@@ -1,8 +1,10 @@
 //! Durable storage of runs, events, node states, checkpoints, values and partial states.
 //!
 //! [`Store`] is the seam the engine writes through; [`SqliteStore`] is the embedded
-//! implementation (one writer thread with group commit, WAL, `BEGIN IMMEDIATE`).
-//! A PostgreSQL implementation can sit behind the same trait (see `docs/queue.md` for the rules each store keeps).
+//! implementation (one writer thread with group commit, WAL, `BEGIN IMMEDIATE`), [`PgStore`]
+//! the one in PostgreSQL shared by many hosts. Both compute their writes with the pure
+//! [`plan`] and commit through the same group-commit writer (`writer.rs`); `docs/stores.md` lists the
+//! rules every store keeps and the tests that hold each to them.
 
 mod apply;
 pub mod blob_files;
@@ -249,6 +251,14 @@ pub struct CleanupRequest {
 }
 
 /// The storage seam of the engine.
+///
+/// Rules every implementation keeps (tested on both stores, see `docs/stores.md`): each
+/// write is one transaction; a batch commits only under the run's current fencing token;
+/// the batches of one lease land in submission order, and once one is refused every later
+/// one of that lease is refused (but [`Store::commit_after_refusal`]); lease expiry is
+/// computed and compared on the store's clock; [`Store::submit`] returns at once and the
+/// ticket resolves after the commit, except that with `Durability::Sync` it may commit the
+/// group on the calling thread before returning.
 pub trait Store: Send + Sync + 'static {
     /// Where the store lives (for messages).
     fn path(&self) -> &Path;

@@ -743,33 +743,10 @@ impl Store for SqliteStore {
     }
 
     fn summary(&self, recent_since: f64) -> Result<super::summary::StoreSummary> {
-        use super::summary::{NodeCount, RunCount, StoreSummary, DURATION_BOUNDS_S};
-        // One bucket column per bound (`<=` the bound, `>` the previous), then the overflow.
-        let timed =
-            "n.status = 'completed' AND n.started_at IS NOT NULL AND n.finished_at IS NOT NULL";
-        let duration = "n.finished_at - n.started_at";
-        let mut lower = String::from("-1e300");
-        let mut columns = Vec::with_capacity(DURATION_BOUNDS_S.len() + 1);
-        for bound in DURATION_BOUNDS_S {
-            columns.push(format!(
-                ", SUM(CASE WHEN {timed} AND {duration} > {lower} AND {duration} <= {bound:e} \
-                 THEN 1 ELSE 0 END)"
-            ));
-            lower = format!("{bound:e}");
-        }
-        columns.push(format!(
-            ", SUM(CASE WHEN {timed} AND {duration} > {lower} THEN 1 ELSE 0 END)"
-        ));
-        let buckets = columns.concat();
-        let node_query = format!(
-            "SELECT r.workflow, n.node_id, n.status, SUM(n.attempt),
-                    SUM(CASE WHEN n.error LIKE '%OutOfMemory%' THEN 1 ELSE 0 END),
-                    TOTAL(CASE WHEN {timed} THEN n.finished_at - n.started_at END){buckets},
-                    SUM(CASE WHEN n.attempt > 0 THEN 1 ELSE 0 END)
-               FROM node_states n JOIN runs r ON r.run_id = n.run_id
-              GROUP BY r.workflow, n.node_id, n.status
-              ORDER BY r.workflow, n.node_id, n.status"
-        );
+        use super::summary::{
+            node_summary_sql, Dialect, NodeCount, RunCount, StoreSummary, DURATION_BOUNDS_S,
+        };
+        let node_query = node_summary_sql(Dialect::Sqlite);
         self.read(|conn| {
             let map = sql(&self.path);
             let mut st = conn

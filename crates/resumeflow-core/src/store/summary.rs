@@ -52,6 +52,54 @@ pub struct StoreSummary {
     pub nodes: Vec<NodeCount>,
 }
 
+/// SQL dialects of [`node_summary_sql`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The grouped query behind [`NodeCount`]: per workflow, node and status, the attempts, OOM
+/// failures, duration sum, one bucket column per bound of [`DURATION_BOUNDS_S`] (`<=` the
+/// bound, `>` the previous) then the overflow, and the nodes started; all integers as
+/// 64-bit, the sum as a double.
+pub fn node_summary_sql(dialect: Dialect) -> String {
+    let int = |e: String| match dialect {
+        Dialect::Sqlite => e,
+        Dialect::Postgres => format!("COALESCE({e}, 0)::bigint"),
+    };
+    let timed = "n.status = 'completed' AND n.started_at IS NOT NULL AND n.finished_at IS NOT NULL";
+    let duration = "n.finished_at - n.started_at";
+    let mut lower = String::from("-1e300");
+    let mut buckets = String::new();
+    for bound in DURATION_BOUNDS_S {
+        buckets.push_str(", ");
+        buckets.push_str(&int(format!(
+            "SUM(CASE WHEN {timed} AND {duration} > {lower} AND {duration} <= {bound:e} THEN 1 ELSE 0 END)"
+        )));
+        lower = format!("{bound:e}");
+    }
+    buckets.push_str(", ");
+    buckets.push_str(&int(format!(
+        "SUM(CASE WHEN {timed} AND {duration} > {lower} THEN 1 ELSE 0 END)"
+    )));
+    let total = match dialect {
+        Dialect::Sqlite => format!("TOTAL(CASE WHEN {timed} THEN {duration} END)"),
+        Dialect::Postgres => {
+            format!("COALESCE(SUM(CASE WHEN {timed} THEN {duration} END), 0)::float8")
+        }
+    };
+    let attempts = int("SUM(n.attempt)".into());
+    let oom = int("SUM(CASE WHEN n.error LIKE '%OutOfMemory%' THEN 1 ELSE 0 END)".into());
+    let started = int("SUM(CASE WHEN n.attempt > 0 THEN 1 ELSE 0 END)".into());
+    format!(
+        "SELECT r.workflow, n.node_id, n.status, {attempts}, {oom}, {total}{buckets}, {started}
+           FROM node_states n JOIN runs r ON r.run_id = n.run_id
+          GROUP BY r.workflow, n.node_id, n.status
+          ORDER BY r.workflow, n.node_id, n.status"
+    )
+}
+
 /// Whether a recorded error text is an out-of-memory failure.
 pub fn is_oom(error: &str) -> bool {
     error.contains("OutOfMemory")

@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::Result;
 use crate::threads::{
-    FilterValue, NewThreadCheckpoint, NewThreadWrites, PendingWrite, PruneStrategy,
-    ThreadCheckpoint, ThreadQuery, ThreadStore, TypedBytes,
+    encode_versions, value_hash, FilterValue, NewThreadCheckpoint, NewThreadWrites, PendingWrite,
+    PruneStrategy, ThreadCheckpoint, ThreadQuery, ThreadStore, TypedBytes,
 };
 
 use super::apply::{corrupt, sql};
@@ -34,15 +34,6 @@ fn json_path(key: &str) -> String {
         path.push('"');
     }
     path
-}
-
-/// The content address of a typed value: BLAKE3 over the tag, a NUL and the bytes.
-fn value_hash(value: &TypedBytes) -> Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(value.type_tag.as_bytes());
-    h.update(&[0]);
-    h.update(&value.data);
-    h.finalize().as_bytes().to_vec()
 }
 
 /// Stores the bytes once; returns their hash.
@@ -196,12 +187,8 @@ fn collect_garbage(conn: &Connection, path: &Path, deleted: &[CheckpointKey]) ->
     drop_unreferenced_values(conn, path, candidates)
 }
 
-fn encode_versions(versions: &[(String, String)]) -> Vec<u8> {
-    rmp_serde::to_vec(versions).expect("a list of string pairs encodes")
-}
-
 fn decode_versions(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
-    rmp_serde::from_slice(bytes)
+    crate::threads::decode_versions(bytes)
         .map_err(|e| corrupt(path, "thread_checkpoints", format!("versions: {e}")))
 }
 

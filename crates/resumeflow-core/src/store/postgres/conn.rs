@@ -19,7 +19,7 @@ pub type Params<'a> = [&'a (dyn ToSql + Sync)];
 /// A connection, its statement cache and the settings it was opened with.
 pub struct PgConn {
     client: Option<Client>,
-    statements: HashMap<&'static str, Statement>,
+    statements: HashMap<String, Statement>,
     pub target: Arc<PgTarget>,
     /// `Batched`/`Off` commit without waiting for the WAL flush (`synchronous_commit=off`).
     durability: Durability,
@@ -80,7 +80,7 @@ impl PgConn {
         self.client.as_ref().is_none_or(Client::is_closed)
     }
 
-    fn prepared(&mut self, sql: &'static str) -> Result<Statement> {
+    fn prepared(&mut self, sql: &str) -> Result<Statement> {
         if let Some(st) = self.statements.get(sql) {
             return Ok(st.clone());
         }
@@ -89,12 +89,12 @@ impl PgConn {
             .client()?
             .prepare(sql)
             .map_err(|e| target.db_error("prepare a statement", &e))?;
-        self.statements.insert(sql, st.clone());
+        self.statements.insert(sql.to_string(), st.clone());
         Ok(st)
     }
 
     /// Runs a statement; returns the rows it changed.
-    pub fn exec(&mut self, sql: &'static str, params: &Params<'_>) -> Result<u64> {
+    pub fn exec(&mut self, sql: &str, params: &Params<'_>) -> Result<u64> {
         let st = self.prepared(sql)?;
         let target = self.target.clone();
         self.client()?
@@ -103,7 +103,7 @@ impl PgConn {
     }
 
     /// Runs a query; returns its rows.
-    pub fn rows(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Vec<Row>> {
+    pub fn rows(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>> {
         let st = self.prepared(sql)?;
         let target = self.target.clone();
         self.client()?
@@ -112,7 +112,7 @@ impl PgConn {
     }
 
     /// Runs a query expected to return at most one row.
-    pub fn row(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Option<Row>> {
+    pub fn row(&mut self, sql: &str, params: &Params<'_>) -> Result<Option<Row>> {
         Ok(self.rows(sql, params)?.into_iter().next())
     }
 

@@ -10,6 +10,7 @@ mod conn;
 mod read;
 mod schema;
 mod target;
+mod threads;
 mod write;
 
 use std::collections::BTreeMap;
@@ -323,6 +324,47 @@ impl Store for PgStore {
         }
     }
 
+    fn summary(&self, recent_since: f64) -> Result<super::summary::StoreSummary> {
+        use super::summary::{
+            node_summary_sql, Dialect, NodeCount, RunCount, StoreSummary, DURATION_BOUNDS_S,
+        };
+        let node_query = node_summary_sql(Dialect::Postgres);
+        self.read_snapshot(|c| {
+            let runs = c
+                .rows(
+                    "SELECT workflow, status, COUNT(*),
+                            COALESCE(SUM(CASE WHEN updated_at >= $1 THEN 1 ELSE 0 END), 0)::bigint
+                       FROM runs GROUP BY workflow, status ORDER BY workflow, status",
+                    &[&recent_since],
+                )?
+                .iter()
+                .map(|r| RunCount {
+                    workflow: r.get(0),
+                    status: r.get(1),
+                    runs: r.get::<_, i64>(2) as u64,
+                    recent: r.get::<_, i64>(3) as u64,
+                })
+                .collect();
+            let nodes = c
+                .rows(&node_query, &[])?
+                .iter()
+                .map(|r| NodeCount {
+                    workflow: r.get(0),
+                    node: r.get(1),
+                    status: r.get(2),
+                    attempts: r.get::<_, i64>(3) as u64,
+                    oom: r.get::<_, i64>(4) as u64,
+                    duration_sum_s: r.get(5),
+                    duration_buckets: (0..=DURATION_BOUNDS_S.len())
+                        .map(|i| r.get::<_, i64>(6 + i) as u64)
+                        .collect(),
+                    started: r.get::<_, i64>(7 + DURATION_BOUNDS_S.len()) as u64,
+                })
+                .collect();
+            Ok(StoreSummary { runs, nodes })
+        })
+    }
+
     fn latency(&self) -> Option<super::latency::StoreLatency> {
         Some(super::latency::StoreLatency {
             commit: self.writer.latency(),
@@ -499,6 +541,10 @@ impl Store for PgStore {
         let value = files.write_segments(segments)?;
         failpoint("after_blob_write");
         Ok(Some(value))
+    }
+
+    fn threads(&self) -> Option<&dyn crate::threads::ThreadStore> {
+        Some(self)
     }
 }
 

@@ -9,12 +9,13 @@ use super::target::PgTarget;
 use crate::error::{Result, StoreError};
 
 /// The PostgreSQL schema version this build reads and writes.
-pub const PG_SCHEMA_VERSION: i64 = 1;
+pub const PG_SCHEMA_VERSION: i64 = 2;
 
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE runs (
-    run_id          TEXT PRIMARY KEY,
+    run_id          TEXT COLLATE "C" PRIMARY KEY,
     workflow        TEXT NOT NULL,
     graph_hash      TEXT NOT NULL,
     status          TEXT NOT NULL,
@@ -117,7 +118,52 @@ CREATE TABLE control_requests (
     requested_at DOUBLE PRECISION NOT NULL
 );
 CREATE SEQUENCE changes;
-"];
+"#,
+    r#"
+CREATE TABLE thread_checkpoints (
+    thread_id       TEXT COLLATE "C" NOT NULL,
+    checkpoint_ns   TEXT COLLATE "C" NOT NULL,
+    checkpoint_id   TEXT COLLATE "C" NOT NULL,
+    parent_id       TEXT COLLATE "C",
+    run_id          TEXT,
+    checkpoint_type TEXT NOT NULL,
+    checkpoint      BYTEA NOT NULL,
+    metadata_type   TEXT NOT NULL,
+    metadata        BYTEA NOT NULL,
+    versions        BYTEA NOT NULL,
+    metadata_json   JSONB,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+);
+CREATE INDEX thread_checkpoints_by_id ON thread_checkpoints (checkpoint_id);
+CREATE INDEX thread_checkpoints_by_run ON thread_checkpoints (run_id) WHERE run_id IS NOT NULL;
+CREATE TABLE thread_channel_values (
+    thread_id     TEXT COLLATE "C" NOT NULL,
+    checkpoint_ns TEXT COLLATE "C" NOT NULL,
+    channel       TEXT NOT NULL,
+    version       TEXT NOT NULL,
+    hash          BYTEA,
+    PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+);
+CREATE INDEX thread_channel_values_by_hash ON thread_channel_values (hash) WHERE hash IS NOT NULL;
+CREATE TABLE thread_writes (
+    thread_id     TEXT COLLATE "C" NOT NULL,
+    checkpoint_ns TEXT COLLATE "C" NOT NULL,
+    checkpoint_id TEXT COLLATE "C" NOT NULL,
+    task_id       TEXT COLLATE "C" NOT NULL,
+    idx           BIGINT NOT NULL,
+    channel       TEXT NOT NULL,
+    hash          BYTEA NOT NULL,
+    task_path     TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+);
+CREATE INDEX thread_writes_by_hash ON thread_writes (hash);
+CREATE TABLE thread_values (
+    hash BYTEA PRIMARY KEY,
+    type TEXT NOT NULL,
+    data BYTEA NOT NULL
+);
+"#,
+];
 
 /// The schema's stored version: `None` if the schema has no store yet.
 fn stored_version(client: &mut Client, target: &PgTarget) -> Result<Option<i64>> {
