@@ -514,28 +514,14 @@ impl Engine {
             crate::resume_plan::resume_events(self.inner.store.as_ref(), &stored, &graph, options)?;
         let projection_events = events.clone();
         let expected = Some(stored.last_seq);
-        let lease = if values.is_empty() {
-            self.inner
-                .store
-                .acquire_lease_at(run_id, self.lease_request(), expected, events)?
-        } else {
-            // Values must land in the same transaction as the events that reference them:
-            // take the lease first with no events, then commit the modification fenced.
-            let lease = self.inner.store.acquire_lease_at(
-                run_id,
-                self.lease_request(),
-                expected,
-                Vec::new(),
-            )?;
-            let mut batch = crate::store::RunBatch::new(run_id, Some(lease.token));
-            batch.events = events;
-            batch.values = values;
-            if let Err(e) = self.inner.store.commit(batch) {
-                self.release_after_error(&lease);
-                return Err(e);
-            }
-            lease
-        };
+        // The lease, the resume's events and the values they reference: one transaction.
+        let lease = self.inner.store.acquire_lease_at(
+            run_id,
+            self.lease_request(),
+            expected,
+            events,
+            values,
+        )?;
         // Fold the same events over the stored nodes (no second read of the store).
         let mut stored = stored;
         let mut projection = RunProjection {

@@ -340,6 +340,7 @@ fn lease_is_refused_when_the_run_moved_since_the_plan_was_made() {
         request.clone(),
         Some(snapshot.last_seq),
         vec![EventKind::RunPaused],
+        vec![],
     );
     assert!(matches!(stale, Err(Error::RunChanged { .. })), "{stale:?}");
     assert_eq!(
@@ -349,7 +350,7 @@ fn lease_is_refused_when_the_run_moved_since_the_plan_was_made() {
     );
     let current = raw.load_run("s").unwrap().last_seq;
     assert!(raw
-        .acquire_lease_at("s", request, Some(current), vec![])
+        .acquire_lease_at("s", request, Some(current), vec![], vec![])
         .is_ok());
     assert_eq!(counter.total(), 3, "each node ran once");
 }
@@ -460,6 +461,25 @@ fn dependants_rerun_by_an_update_start_without_old_progress() {
     assert_eq!(
         engine.get_partial_state("u", "n0").unwrap().unwrap(),
         b"kept"
+    );
+    // The lease, the update and the value it references landed in one transaction: the
+    // same commit time from the resume's `LeaseAcquired` to its checkpoint.
+    let events = engine.events("u").unwrap();
+    let from = events
+        .iter()
+        .rposition(|e| matches!(e.kind, EventKind::RunResumed { .. }))
+        .expect("a resume")
+        - 1;
+    assert!(matches!(events[from].kind, EventKind::LeaseAcquired { .. }));
+    let upto = from
+        + events[from..]
+            .iter()
+            .position(|e| matches!(e.kind, EventKind::CheckpointCommitted { .. }))
+            .expect("the update's checkpoint");
+    assert!(
+        events[from..=upto].iter().all(|e| e.at == events[from].at),
+        "one transaction: {:?}",
+        &events[from..=upto]
     );
 }
 

@@ -409,13 +409,15 @@ pub fn apply_batch(conn: &Connection, path: &Path, batch: &RunBatch, now: f64) -
     append_all(conn, path, head, batch, now)
 }
 
-/// Takes the lease of a run and appends `events` under the new token.
+/// Takes the lease of a run and appends `events` (with the `values` they reference) under
+/// the new token.
 pub fn acquire(
     conn: &Connection,
     path: &Path,
     run_id: &str,
     request: &LeaseRequest,
     events: Vec<EventKind>,
+    values: Vec<super::BatchValue>,
     now: f64,
 ) -> Result<Lease> {
     let mut head = load_head(conn, path, run_id)?;
@@ -426,6 +428,7 @@ pub fn acquire(
         token,
     });
     batch.events.extend(events);
+    batch.values = values;
     append_all(conn, path, head, &batch, now)?;
     Ok(Lease {
         run_id: run_id.to_string(),
@@ -443,7 +446,15 @@ pub fn create(
     now: f64,
 ) -> Result<Lease> {
     insert_run(conn, path, run, now)?;
-    acquire(conn, path, &run.run_id, request, Vec::new(), now)
+    acquire(
+        conn,
+        path,
+        &run.run_id,
+        request,
+        Vec::new(),
+        Vec::new(),
+        now,
+    )
 }
 
 /// Inserts a new run with its `RunCreated` event (and no lease).

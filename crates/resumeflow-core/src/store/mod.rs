@@ -36,15 +36,17 @@ pub use postgres::{PgOptions, PgStore};
 pub use schema::{migrations, SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 
-/// How hard a commit is pushed to disk before the engine moves on.
+/// The engine's commit policy: whether a node's dependants wait for its commit, and how
+/// hard each store pushes a commit to disk (SQLite: `synchronous=FULL`/`NORMAL`/`OFF`;
+/// PostgreSQL: `synchronous_commit` on, or off for the other two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// `synchronous=FULL`; a completion is fsynced before its dependants start.
+    /// A completion is durable (fsynced) before its dependants start.
     #[default]
     Sync,
-    /// `synchronous=NORMAL`, commits not awaited: dependants may start before their producer's
-    /// commit lands, but commits stay in order (a crash re-runs at most the uncommitted tail,
-    /// and an attempt that was in flight but not yet recorded may reuse its number).
+    /// Commits not awaited: dependants may start before their producer's commit lands, but
+    /// commits stay in order (a crash re-runs at most the uncommitted tail, and an attempt
+    /// that was in flight but not yet recorded may reuse its number).
     Batched,
     /// Nothing is written until the run stops (tests and benchmarks only).
     Off,
@@ -272,16 +274,18 @@ pub trait Store: Send + Sync + 'static {
         lease: LeaseRequest,
         events: Vec<EventKind>,
     ) -> Result<Lease> {
-        self.acquire_lease_at(run_id, lease, None, events)
+        self.acquire_lease_at(run_id, lease, None, events, Vec::new())
     }
     /// As [`Store::acquire_lease`], but refused with `RunChanged` unless the run's last event
-    /// is still `expected_seq` (the state the caller computed `events` from).
+    /// is still `expected_seq` (the state the caller computed `events` from); `values` (those
+    /// the events reference: a resume's `updates`) are stored in the same transaction.
     fn acquire_lease_at(
         &self,
         run_id: &str,
         lease: LeaseRequest,
         expected_seq: Option<i64>,
         events: Vec<EventKind>,
+        values: Vec<BatchValue>,
     ) -> Result<Lease>;
     /// Extends the leases still held; returns the ones that were lost.
     fn renew_leases(&self, leases: Vec<Lease>, ttl_s: f64) -> Result<Vec<Lease>>;

@@ -80,7 +80,9 @@ pub fn claim(
     }
     drop(rows);
     match chosen {
-        Some(run_id) => acquire(conn, path, &run_id, request, Vec::new(), now).map(Some),
+        Some(run_id) => {
+            acquire(conn, path, &run_id, request, Vec::new(), Vec::new(), now).map(Some)
+        }
         None => Ok(None),
     }
 }

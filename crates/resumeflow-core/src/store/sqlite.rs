@@ -609,7 +609,12 @@ impl Store for SqliteStore {
         lease: LeaseRequest,
         expected_seq: Option<i64>,
         events: Vec<EventKind>,
+        values: Vec<super::BatchValue>,
     ) -> Result<Lease> {
+        let mut staged = RunBatch::new(run_id, None);
+        staged.values = values;
+        self.stage(&mut staged)?;
+        let values = staged.values;
         let path = self.path.clone();
         let run_id = run_id.to_string();
         self.writer.call(move |conn, at| {
@@ -628,7 +633,7 @@ impl Store for SqliteStore {
                     checkpoints::require_checkpoint(&rows, &run_id, *checkpoint_id)?;
                 }
             }
-            apply::acquire(conn, &path, &run_id, &lease, events, at)
+            apply::acquire(conn, &path, &run_id, &lease, events, values, at)
         })
     }
 

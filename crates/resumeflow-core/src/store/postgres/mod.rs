@@ -189,7 +189,7 @@ impl Store for PgStore {
     fn create_run(&self, run: NewRun, lease: LeaseRequest) -> Result<Lease> {
         self.writer.call(move |c, at| {
             write::insert_run(c, &run, at)?;
-            write::acquire(c, &run.run_id, &lease, None, Vec::new(), at)
+            write::acquire(c, &run.run_id, &lease, None, Vec::new(), Vec::new(), at)
         })
     }
 
@@ -199,10 +199,15 @@ impl Store for PgStore {
         lease: LeaseRequest,
         expected_seq: Option<i64>,
         events: Vec<EventKind>,
+        values: Vec<super::BatchValue>,
     ) -> Result<Lease> {
+        let mut staged = RunBatch::new(run_id, None);
+        staged.values = values;
+        stage_values(&mut staged, self.files.as_deref(), &self.name)?;
+        let values = staged.values;
         let run_id = run_id.to_string();
         self.writer
-            .call(move |c, at| write::acquire(c, &run_id, &lease, expected_seq, events, at))
+            .call(move |c, at| write::acquire(c, &run_id, &lease, expected_seq, events, values, at))
     }
 
     fn renew_leases(&self, leases: Vec<Lease>, ttl_s: f64) -> Result<Vec<Lease>> {

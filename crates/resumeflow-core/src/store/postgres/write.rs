@@ -332,6 +332,7 @@ pub fn acquire(
     request: &LeaseRequest,
     expected_seq: Option<i64>,
     events: Vec<EventKind>,
+    values: Vec<crate::store::BatchValue>,
     now: f64,
 ) -> Result<Lease> {
     let mut head = load_head(c, run_id)?;
@@ -363,6 +364,7 @@ pub fn acquire(
         token,
     });
     batch.events.extend(events);
+    batch.values = values;
     append_all(c, head, &batch, now)?;
     Ok(Lease {
         run_id: run_id.to_string(),
@@ -448,7 +450,7 @@ pub fn claim(
     match row {
         Some(r) => {
             let run_id: String = r.get(0);
-            acquire(c, &run_id, request, None, Vec::new(), now).map(Some)
+            acquire(c, &run_id, request, None, Vec::new(), Vec::new(), now).map(Some)
         }
         None => Ok(None),
     }
