@@ -531,3 +531,66 @@ fn zero_max_concurrency_is_rejected() {
     );
     assert!(matches!(err, Err(Error::InvalidArgument { .. })));
 }
+
+#[test]
+fn one_leases_batches_land_in_order_and_a_refusal_refuses_the_rest() {
+    use resumeflow_core::store::BatchValue;
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    paused_chain(&engine, &counter, 2, "o");
+    let raw = store.raw();
+    let lease = raw
+        .acquire_lease(
+            "o",
+            LeaseRequest {
+                owner: "elsewhere:1:a".into(),
+                ttl: Duration::from_secs(30),
+            },
+            vec![],
+        )
+        .unwrap();
+    // Submitted without waiting: they commit in submission order.
+    let tickets: Vec<_> = (0..20u64)
+        .map(|i| {
+            let mut batch = RunBatch::new("o", Some(lease.token));
+            batch.events.push(EventKind::PartialStateSaved {
+                node: "n1".into(),
+                size: i,
+                attempt: None,
+            });
+            raw.submit(batch)
+        })
+        .collect();
+    for ticket in tickets {
+        ticket.blocking_recv().unwrap().unwrap();
+    }
+    let sizes: Vec<u64> = engine
+        .events("o")
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::PartialStateSaved { size, .. } => Some(size),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, (0..20).collect::<Vec<_>>(), "in submission order");
+    // A batch refused under a valid token (its value's blob file is missing) ...
+    let mut bad = RunBatch::new("o", Some(lease.token));
+    bad.values
+        .push(BatchValue::in_file(resumeflow_core::ValueRef::of(b"gone")));
+    bad.events.push(EventKind::RunPaused);
+    assert!(raw.commit(bad).is_err());
+    // ... refuses every later batch of that lease, token still current,
+    let mut later = RunBatch::new("o", Some(lease.token));
+    later.events.push(EventKind::RunPaused);
+    assert!(matches!(raw.commit(later), Err(Error::LeaseLost { .. })));
+    // except the one that ends the run and releases the lease.
+    let mut end = RunBatch::new("o", Some(lease.token));
+    end.events.push(EventKind::RunPaused);
+    end.events
+        .push(EventKind::LeaseReleased { token: lease.token });
+    raw.commit_after_refusal(end).unwrap();
+    let state = engine.get_current_state("o").unwrap();
+    assert_eq!(state.status, resumeflow_core::RunStatus::Paused);
+}
