@@ -19,7 +19,7 @@ use crate::runtime::runtime;
 use crate::scheduler::{self, Control, RunSetup};
 use crate::slots::Slots;
 use crate::state::{Checkpoint, RunState, RunStatus};
-use crate::store::{CleanupRequest, NewRun, SqliteStore, Store};
+use crate::store::{CleanupRequest, NewRun, Store};
 
 struct EngineInner {
     store: Arc<dyn Store>,
@@ -63,6 +63,17 @@ fn check_run_id(run_id: &str) -> Result<()> {
     }
 }
 
+/// `max_concurrency: Some(0)` could never run a node: refused before any store is opened.
+fn check_concurrency(options: &EngineOptions) -> Result<()> {
+    if options.max_concurrency == Some(0) {
+        return Err(Error::InvalidArgument {
+            field: "max_concurrency".into(),
+            message: "must be at least 1, or None for no limit".into(),
+        });
+    }
+    Ok(())
+}
+
 fn generated_run_id(workflow: &str) -> String {
     let millis = (now() * 1000.0) as u64;
     format!("{workflow}-{millis:x}-{:06x}", fastrand::u32(..0x0100_0000))
@@ -80,28 +91,18 @@ impl Engine {
     /// # engine.close(); std::fs::remove_dir_all(dir).ok();
     /// ```
     pub fn open(path: impl AsRef<Path>, options: EngineOptions) -> Result<Self> {
-        if options.max_concurrency == Some(0) {
-            return Err(Error::InvalidArgument {
-                field: "max_concurrency".into(),
-                message: "must be at least 1, or None for no limit".into(),
-            });
+        if let Some(target) = path.as_ref().to_str() {
+            return Self::open_target(target, options);
         }
-        let store = if options.read_only {
-            SqliteStore::open_read_only(path)?
-        } else {
-            SqliteStore::open(path, options.durability)?
-        };
-        if let Some(bytes) = options.max_store_bytes.filter(|_| !options.read_only) {
-            store.set_max_bytes(bytes)?;
-        }
-        if let Some(bytes) = options.blob_file_threshold {
-            store.set_blob_file_threshold(bytes);
-        }
-        Ok(Self::with_store(Arc::new(store), options))
+        // Not UTF-8, so not a URL: a file path as it is.
+        check_concurrency(&options)?;
+        let store = crate::store::open_sqlite(path.as_ref(), &options.store_options())?;
+        Ok(Self::with_store(store, options))
     }
 
     /// Opens the store `target` names: a `postgresql://` (or `postgres://`) URL opens a
-    /// [`PgStore`](crate::PgStore), anything else is a SQLite file path ([`Engine::open`]).
+    /// [`PgStore`](crate::PgStore), anything else is a SQLite file path (see
+    /// [`open_store`](crate::store::open_store)).
     ///
     /// ```
     /// use resumeflow_core::{Engine, EngineOptions};
@@ -113,39 +114,9 @@ impl Engine {
     /// # engine.close(); std::fs::remove_dir_all(dir).ok();
     /// ```
     pub fn open_target(target: &str, options: EngineOptions) -> Result<Self> {
-        if !crate::store::postgres::is_postgres_url(target) {
-            if options.blob_dir.is_some() {
-                return Err(Error::InvalidArgument {
-                    field: "blob_dir".into(),
-                    message: "is for a PostgreSQL store; a SQLite store keeps its blob files beside its file".into(),
-                });
-            }
-            return Self::open(target, options);
-        }
-        if options.max_concurrency == Some(0) {
-            return Err(Error::InvalidArgument {
-                field: "max_concurrency".into(),
-                message: "must be at least 1, or None for no limit".into(),
-            });
-        }
-        if options.max_store_bytes.is_some() {
-            return Err(Error::InvalidArgument {
-                field: "max_store_bytes".into(),
-                message:
-                    "caps a SQLite file; a PostgreSQL store is bounded by the database's own limits"
-                        .into(),
-            });
-        }
-        let store = crate::store::PgStore::open(
-            target,
-            &crate::store::PgOptions {
-                durability: options.durability,
-                read_only: options.read_only,
-                blob_dir: options.blob_dir.clone(),
-                blob_file_threshold: options.blob_file_threshold,
-            },
-        )?;
-        Ok(Self::with_store(Arc::new(store), options))
+        check_concurrency(&options)?;
+        let store = crate::store::open_store(target, &options.store_options())?;
+        Ok(Self::with_store(store, options))
     }
 
     /// An engine on any store.

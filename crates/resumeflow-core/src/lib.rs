@@ -37,4 +37,4 @@ pub use projection::RunProjection;
 pub use retry::RetryPolicy;
 pub use run_handle::{RunHandle, RunOutcome};
 pub use state::{Checkpoint, NodeState, NodeStatus, RunState, RunStatus, ValueRef};
-pub use store::{Durability, PgStore, SqliteStore, Store};
+pub use store::{open_store, Durability, PgStore, SqliteStore, Store, StoreOptions};

@@ -30,6 +30,19 @@ pub struct EngineOptions {
     pub blob_dir: Option<std::path::PathBuf>,
 }
 
+impl EngineOptions {
+    /// The store's part of these options.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            durability: self.durability,
+            read_only: self.read_only,
+            max_store_bytes: self.max_store_bytes,
+            blob_file_threshold: self.blob_file_threshold,
+            blob_dir: self.blob_dir.clone(),
+        }
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {

@@ -194,8 +194,7 @@ impl PyEngine {
             read_only,
             blob_dir,
         };
-        let target = path.to_string_lossy().into_owned();
-        let engine = detached(py, || Engine::open_target(&target, options))?;
+        let engine = detached(py, || Engine::open(&path, options))?;
         Ok(Self { engine })
     }
 

@@ -73,6 +73,82 @@ impl Durability {
     }
 }
 
+/// How a store is opened (the store's own settings, apart from the engine's).
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// Open an existing store for reading only: nothing is created, every write fails.
+    pub read_only: bool,
+    /// SQLite only: cap on the file's size.
+    pub max_store_bytes: Option<u64>,
+    /// Values whose stored form is at least this large go to blob files (`None`: 64 MiB).
+    pub blob_file_threshold: Option<u64>,
+    /// PostgreSQL only: the blob directory every host mounts (`None`: values in the database).
+    pub blob_dir: Option<std::path::PathBuf>,
+}
+
+/// Opens the store `target` names: a `postgresql://` (or `postgres://`) URL opens a
+/// [`PgStore`], anything else is the path of a SQLite file ([`SqliteStore`]). Options that
+/// do not apply to that store are refused (`InvalidArgument`), not ignored.
+///
+/// ```
+/// use resumeflow_core::store::{open_store, StoreOptions};
+/// let dir = std::env::temp_dir().join(format!("rf-open-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let store = open_store(dir.join("runs.db").to_str().unwrap(), &StoreOptions::default()).unwrap();
+/// assert!(store.list_runs(None).unwrap().is_empty());
+/// # store.close(); std::fs::remove_dir_all(dir).ok();
+/// ```
+pub fn open_store(target: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    let refuse = |field: &str, message: &str| crate::Error::InvalidArgument {
+        field: field.into(),
+        message: message.into(),
+    };
+    if postgres::is_postgres_url(target) {
+        if options.max_store_bytes.is_some() {
+            return Err(refuse(
+                "max_store_bytes",
+                "caps a SQLite file; a PostgreSQL store is bounded by the database's own limits",
+            ));
+        }
+        let store = PgStore::open(
+            target,
+            &PgOptions {
+                durability: options.durability,
+                read_only: options.read_only,
+                blob_dir: options.blob_dir.clone(),
+                blob_file_threshold: options.blob_file_threshold,
+            },
+        )?;
+        return Ok(Arc::new(store));
+    }
+    open_sqlite(Path::new(target), options)
+}
+
+/// Opens the SQLite store at `path` with `options` (see [`open_store`]).
+pub fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    if options.blob_dir.is_some() {
+        return Err(crate::Error::InvalidArgument {
+            field: "blob_dir".into(),
+            message:
+                "is for a PostgreSQL store; a SQLite store keeps its blob files beside its file"
+                    .into(),
+        });
+    }
+    let store = if options.read_only {
+        SqliteStore::open_read_only(path)?
+    } else {
+        SqliteStore::open(path, options.durability)?
+    };
+    if let Some(bytes) = options.max_store_bytes.filter(|_| !options.read_only) {
+        store.set_max_bytes(bytes)?;
+    }
+    if let Some(bytes) = options.blob_file_threshold {
+        store.set_blob_file_threshold(bytes);
+    }
+    Ok(Arc::new(store))
+}
+
 /// A run to create.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -376,7 +452,9 @@ pub trait Store: Send + Sync + 'static {
     fn state_at(&self, run_id: &str, checkpoint_id: i64) -> Result<BTreeMap<String, ValueRef>>;
     /// Deletes old checkpoints; returns how many.
     fn cleanup(&self, request: CleanupRequest) -> Result<usize>;
-    /// `PRAGMA integrity_check`'s verdict: `ok`, or the problems found.
+    /// The store's consistency verdict: `ok`, or the problems found (SQLite: `PRAGMA
+    /// integrity_check` and missing blob files; PostgreSQL: orphaned rows, missing values
+    /// and blob files).
     fn integrity_check(&self) -> Result<String>;
     /// Stops the writer after draining what was submitted, and releases the file.
     fn close(&self);
