@@ -346,3 +346,37 @@ def test_a_server_restart_between_nodes_loses_nothing_completed(pg_url, pg_serve
     entries = ledger_entries(ledger)
     assert [e for e in entries if e[0] == "a"] == [("a", 1)], "a completed before the restart: never again"
     assert 1 <= sum(1 for e in entries if e[0] == "b") <= 2
+
+
+def test_blob_dir_keeps_large_values_as_files_every_host_can_read(pg_url, tmp_path):
+    """``rf.Engine(url, blob_dir=...)``: values at the threshold go to files in the shared
+    directory (written before their commit), smaller ones stay in the database; a second
+    engine on the same directory reads both; without ``blob_dir`` such a value reads as an
+    error naming the missing option, and ``blob_dir`` on a SQLite file is refused."""
+    import pytest as _pytest
+
+    shared = tmp_path / "shared-blobs"
+    wf = rf.Workflow("blobs")
+
+    @wf.node
+    def big() -> bytes:
+        return b"x" * 300_000
+
+    @wf.node
+    def small(big: bytes) -> int:
+        return len(big)
+
+    with rf.Engine(pg_url, blob_dir=shared, blob_file_threshold=100_000) as engine:
+        state = engine.run(wf, run_id="b1")
+        assert state.status == "completed"
+    files = [p for p in shared.rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].stat().st_size >= 100_000, files
+    with rf.Engine(pg_url, blob_dir=shared) as other:
+        assert other.get_partial_results("b1") == {"big": b"x" * 300_000, "small": 300_000}
+        assert other.check_integrity() == "ok"
+    with rf.Engine(pg_url) as without:
+        values = without.get_partial_results("b1")
+        assert values["small"] == 300_000, "values in the database read as ever"
+        assert isinstance(values["big"], rf.Undecodable) and "blob_dir" in str(values["big"]), values["big"]
+    with _pytest.raises(rf.InvalidArgument, match="blob_dir"):
+        rf.Engine(str(tmp_path / "x.db"), blob_dir=shared)

@@ -229,7 +229,9 @@ class Engine:
     bloat); ``cleanup`` removes the files nothing references any more. ``read_only=True``
     opens an existing store this process may not write, for inspection only (nothing is
     created or migrated; writes fail with ``StoreError``); it needs a core built with that
-    mode, and is a ``StoreError`` saying so otherwise.
+    mode, and is a ``StoreError`` saying so otherwise. On PostgreSQL, values of any size live in
+    the database unless ``blob_dir`` names a directory every host mounts (values at or above
+    ``blob_file_threshold`` then go there as files); ``max_store_bytes`` applies to SQLite only.
 
     Bad arguments are refused before the store is touched: a wrong type is a ``TypeError``, a
     value out of range an ``rf.InvalidArgument`` (also a ``ValueError``) naming the argument;
@@ -253,6 +255,7 @@ class Engine:
         max_store_bytes: int | None = None,
         blob_file_threshold: int | None = None,
         read_only: bool = False,
+        blob_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = _check_path(path)
         if max_concurrency is not None:
@@ -276,6 +279,14 @@ class Engine:
         options: dict[str, Any] = {}
         if read_only:
             options["read_only"] = True
+        if blob_dir is not None:
+            if not _store_url.is_url(self.path):
+                raise _invalid(
+                    "blob_dir",
+                    "is for a PostgreSQL store (a directory every host mounts); a SQLite store "
+                    "keeps its blob files beside its file",
+                )
+            options["blob_dir"] = os.fspath(blob_dir)
         leaked: Exception | None = None
         try:
             self._core = CoreEngine(
