@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Annotated, Any, TypedDict
 
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from resumeflow.langgraph import ResumeflowSaver
@@ -233,6 +234,11 @@ def run_sqlite(w: Workload, path: str) -> RunResult:
     return _run_sync(w, saver, conn.close, path)
 
 
+def run_memory(w: Workload, path: str) -> RunResult:
+    """The same graph on InMemorySaver: what LangGraph itself costs, no persistence."""
+    return _run_sync(w, InMemorySaver(), lambda: None, path)
+
+
 def run_resumeflow(w: Workload, path: str) -> RunResult:
     saver = ResumeflowSaver(path, durability="sync")
     return _run_sync(w, saver, saver.close, path)
@@ -291,6 +297,7 @@ PAIRS = [("sqlite", "resumeflow", "invoke"), ("sqlite_async", "resumeflow_async"
 
 def make_systems(with_async: bool) -> list[System]:
     systems = [
+        System("memory", "InMemorySaver", run_memory),
         System("sqlite", "SqliteSaver", run_sqlite),
         System("resumeflow", "ResumeflowSaver", run_resumeflow),
     ]
@@ -457,6 +464,28 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['time_ratio']:.2f}× | {_fmt_bytes(row['sqlite_bytes'])} "
             f"| {_fmt_bytes(row['resumeflow_bytes'])} | {row['bytes_ratio']:.2f}× |"
         )
+
+    if "memory" in by_key:
+        print()
+        print(
+            "Saver overhead per step = time per step minus InMemorySaver's on the same graph "
+            "(what persistence costs); ratio > 1: resumeflow's overhead is lower."
+        )
+        print()
+        print("| workload | InMemorySaver µs/step | SqliteSaver overhead µs | ResumeflowSaver overhead µs | overhead ratio |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for row in rows:
+            if row["api"] != "invoke":
+                continue
+            mem = statistics.median(r.seconds for r in by_key["memory"].samples[row["workload"]]) / row["steps"]
+            sq_o = row["sqlite_s_per_step"] - mem
+            rf_o = row["resumeflow_s_per_step"] - mem
+            row["memory_s_per_step"] = mem
+            row["overhead_ratio"] = sq_o / rf_o if rf_o > 0 else float("inf")
+            print(
+                f"| {row['label']} | {_fmt_us(mem)} | {_fmt_us(sq_o)} | {_fmt_us(rf_o)} "
+                f"| {row['overhead_ratio']:.2f}× |"
+            )
 
     if args.json:
         doc = {

@@ -336,6 +336,29 @@ def test_checkpoints_written_by_a_killed_process_are_all_there(tmp_path):
     assert steps == list(range(49, -1, -1))
 
 
+@STORES
+def test_pending_writes_survive_a_kill_9_before_the_next_checkpoint(tmp_path, store, request):
+    """Pending writes are not fsynced on their own (they ride on the next checkpoint's
+    fsync): a kill -9 right after ``put_writes`` still finds every one of them."""
+    where = request.getfixturevalue("pg_url") if store == "postgres" else str(tmp_path / "lg.db")
+    child = python(
+        "import os, signal\n"
+        "from langgraph.checkpoint.base import empty_checkpoint\n"
+        "from resumeflow.langgraph import ResumeflowSaver\n"
+        f"s = ResumeflowSaver({where!r})\n"
+        "cfg = {'configurable': {'thread_id': 'w', 'checkpoint_ns': ''}}\n"
+        "cfg = s.put(cfg, empty_checkpoint(), {'step': 0}, {})\n"
+        "for t in range(20):\n"
+        "    s.put_writes(cfg, [('out', {'task': t})], f'task-{t}')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert child.returncode == -9, child.stderr
+    with ResumeflowSaver(where) as saver:
+        tup = saver.get_tuple({"configurable": {"thread_id": "w", "checkpoint_ns": ""}})
+    got = sorted((task, value["task"]) for task, channel, value in tup.pending_writes)
+    assert got == sorted((f"task-{t}", t) for t in range(20))
+
+
 # -- contract and bad input ------------------------------------------------------------------
 
 

@@ -188,7 +188,11 @@ pub trait ThreadStore: Send + Sync {
     /// Stores a checkpoint and its new channel values in one transaction (replacing a
     /// checkpoint with the same key).
     fn put_checkpoint(&self, checkpoint: NewThreadCheckpoint) -> Result<()>;
-    /// Stores pending writes in one transaction.
+    /// Stores pending writes in one transaction. In `sync` durability the commit is not
+    /// fsynced on its own: it rides on the next durable commit (the step's checkpoint), one
+    /// fsync per step instead of two. A kill -9 loses nothing (the log is written, only not
+    /// flushed); a power loss before the next checkpoint may lose these writes, which then
+    /// costs a re-run of the tasks that made them — never a checkpoint.
     fn put_writes(&self, writes: NewThreadWrites) -> Result<()>;
     /// The checkpoint `checkpoint_id` (or the newest of the namespace), with contents.
     fn get_checkpoint(

@@ -253,10 +253,11 @@ impl SqliteStore {
     ) -> Self {
         Self {
             writer: Writer::spawn(
-                SqliteWriteConnection {
-                    conn: writer_conn,
-                    path: path.clone(),
-                },
+                SqliteWriteConnection::new(
+                    writer_conn,
+                    path.clone(),
+                    durability == Durability::Sync,
+                ),
                 path.clone(),
                 durability,
             ),

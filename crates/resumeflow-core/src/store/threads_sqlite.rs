@@ -348,7 +348,8 @@ impl ThreadStore for SqliteStore {
 
     fn put_writes(&self, w: NewThreadWrites) -> Result<()> {
         let path = path_of(self);
-        self.writer.call(move |conn, _| {
+        // Pending writes ride on the next checkpoint's fsync (see `ThreadStore::put_writes`).
+        self.writer.call_lazy(move |conn, _| {
             let mut replaced = HashSet::new();
             for (idx, channel, value) in &w.writes {
                 let hash = value_hash(value);

@@ -20,8 +20,11 @@ use super::Durability;
 /// per operation. Errors name the store.
 pub trait GroupConnection: Send + 'static {
     /// Begins the group's transaction; returns its time (seconds since the epoch) on the
-    /// store's clock, which every operation of the group uses.
-    fn begin(&mut self) -> Result<f64>;
+    /// store's clock, which every operation of the group uses. With `durable` false (every
+    /// operation of the group is lazy) the commit need not wait for the disk: it becomes
+    /// durable with the next durable commit (a process crash loses nothing of it; a power
+    /// loss before that commit may).
+    fn begin(&mut self, durable: bool) -> Result<f64>;
     fn savepoint(&mut self) -> Result<()>;
     fn release_savepoint(&mut self) -> Result<()>;
     fn rollback_to_savepoint(&mut self) -> Result<()>;
@@ -34,6 +37,31 @@ pub trait GroupConnection: Send + 'static {
 pub struct SqliteWriteConnection {
     pub conn: Connection,
     pub path: PathBuf,
+    /// The connection runs with `synchronous=FULL`: a lazy group is committed with
+    /// `NORMAL` (WAL appended, not fsynced; the next FULL commit fsyncs it too).
+    pub full_sync: bool,
+    /// The current group is lazy (`synchronous` lowered until it ends).
+    lazy: bool,
+}
+
+impl SqliteWriteConnection {
+    /// The writer's connection; `full_sync` if it was opened with `synchronous=FULL`.
+    pub fn new(conn: Connection, path: PathBuf, full_sync: bool) -> Self {
+        Self {
+            conn,
+            path,
+            full_sync,
+            lazy: false,
+        }
+    }
+
+    /// Puts `synchronous` back after a lazy group.
+    fn end_group(&mut self) {
+        if self.lazy {
+            self.lazy = false;
+            let _ = self.conn.execute_batch("PRAGMA synchronous = FULL");
+        }
+    }
 }
 
 impl std::ops::Deref for SqliteWriteConnection {
@@ -52,8 +80,15 @@ impl SqliteWriteConnection {
 }
 
 impl GroupConnection for SqliteWriteConnection {
-    fn begin(&mut self) -> Result<f64> {
-        self.run("cannot begin a write transaction", "BEGIN IMMEDIATE")?;
+    fn begin(&mut self, durable: bool) -> Result<f64> {
+        if !durable && self.full_sync {
+            self.run("lower synchronous", "PRAGMA synchronous = NORMAL")?;
+            self.lazy = true;
+        }
+        if let Err(e) = self.run("cannot begin a write transaction", "BEGIN IMMEDIATE") {
+            self.end_group();
+            return Err(e);
+        }
         Ok(now())
     }
     fn savepoint(&mut self) -> Result<()> {
@@ -66,12 +101,17 @@ impl GroupConnection for SqliteWriteConnection {
         self.run("rollback to savepoint", "ROLLBACK TO rf_op; RELEASE rf_op")
     }
     fn commit(&mut self) -> Result<()> {
-        self.run("commit failed", "COMMIT")
+        let result = self.run("commit failed", "COMMIT");
+        if result.is_ok() {
+            self.end_group();
+        }
+        result
     }
     fn rollback(&mut self) {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+        self.end_group();
     }
 }
 
@@ -79,6 +119,8 @@ impl GroupConnection for SqliteWriteConnection {
 trait WriteJob<C>: Send {
     /// Runs inside a savepoint; returns true if the savepoint should be kept.
     fn run(&mut self, conn: &mut C, at: f64) -> bool;
+    /// False for a lazy job: its commit need not reach the disk before it is answered.
+    fn durable(&self) -> bool;
     /// Records a failure that happened before the job could run.
     fn fail(&mut self, error: Error);
     /// Sends the reply once the commit outcome is known.
@@ -89,6 +131,7 @@ struct TypedJob<T, F> {
     work: Option<F>,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
+    durable: bool,
 }
 
 impl<C, T, F> WriteJob<C> for TypedJob<T, F>
@@ -106,6 +149,10 @@ where
 
     fn fail(&mut self, error: Error) {
         self.result = Some(Err(error));
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
     }
 
     fn deliver(self: Box<Self>, commit_error: Option<&Error>) {
@@ -238,7 +285,7 @@ impl<C: GroupConnection> Writer<C> {
 
     /// Queues `work` (waking the background thread if `wake`); returns its receiver, on
     /// which a closed writer's refusal is already delivered.
-    fn enqueue<T, F>(&self, work: F, wake: bool) -> oneshot::Receiver<Result<T>>
+    fn enqueue<T, F>(&self, work: F, wake: bool, durable: bool) -> oneshot::Receiver<Result<T>>
     where
         T: Send + 'static,
         F: FnOnce(&mut C, f64) -> Result<T> + Send + 'static,
@@ -248,6 +295,7 @@ impl<C: GroupConnection> Writer<C> {
             work: Some(work),
             result: None,
             reply,
+            durable,
         });
         let mut queue = self.shared.queue.lock().expect("writer queue");
         if queue.closed {
@@ -276,9 +324,9 @@ impl<C: GroupConnection> Writer<C> {
         F: FnOnce(&mut C, f64) -> Result<T> + Send + 'static,
     {
         if self.durability != Durability::Sync {
-            return self.enqueue(work, true);
+            return self.enqueue(work, true, true);
         }
-        let rx = self.enqueue(work, false);
+        let rx = self.enqueue(work, false, true);
         match self.shared.conn.try_lock() {
             Ok(mut conn) => self.shared.commit_queued(&mut conn),
             Err(_) => self.shared.wake.notify_one(),
@@ -293,7 +341,26 @@ impl<C: GroupConnection> Writer<C> {
         T: Send + 'static,
         F: FnOnce(&mut C, f64) -> Result<T> + Send + 'static,
     {
-        let mut rx = self.enqueue(work, false);
+        self.call_with(work, true)
+    }
+
+    /// As [`Writer::call`], but the commit need not reach the disk before it returns: it
+    /// rides on the next durable commit (of any job). A process crash loses nothing of it
+    /// (the log is in the OS's cache); a power loss before the next durable commit may.
+    pub fn call_lazy<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut C, f64) -> Result<T> + Send + 'static,
+    {
+        self.call_with(work, false)
+    }
+
+    fn call_with<T, F>(&self, work: F, durable: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut C, f64) -> Result<T> + Send + 'static,
+    {
+        let mut rx = self.enqueue(work, false, durable);
         loop {
             match rx.try_recv() {
                 Ok(result) => return result,
@@ -368,7 +435,8 @@ fn commit_group<C: GroupConnection>(
     path: &Path,
     mut jobs: Vec<Box<dyn WriteJob<C>>>,
 ) {
-    let at = match conn.begin() {
+    let durable = jobs.iter().any(|j| j.durable());
+    let at = match conn.begin(durable) {
         Ok(at) => at,
         Err(err) => {
             for job in jobs {

@@ -126,14 +126,21 @@ impl PgConn {
 }
 
 impl GroupConnection for PgConn {
-    fn begin(&mut self) -> Result<f64> {
+    fn begin(&mut self, durable: bool) -> Result<f64> {
         let target = self.target.clone();
         self.in_transaction = false;
         self.client()?;
         self.in_transaction = true;
+        let begin = if durable {
+            "BEGIN; SELECT extract(epoch FROM clock_timestamp())::float8"
+        } else {
+            // A lazy group: WAL written, its flush left to the next durable commit.
+            "BEGIN; SET LOCAL synchronous_commit = off; \
+             SELECT extract(epoch FROM clock_timestamp())::float8"
+        };
         let messages = self
             .client()?
-            .simple_query("BEGIN; SELECT extract(epoch FROM clock_timestamp())::float8")
+            .simple_query(begin)
             .map_err(|e| target.db_error("begin a write transaction", &e))?;
         messages
             .iter()

@@ -243,7 +243,8 @@ impl ThreadStore for PgStore {
     }
 
     fn put_writes(&self, w: NewThreadWrites) -> Result<()> {
-        self.writer.call(move |c, _| {
+        // Pending writes ride on the next checkpoint's WAL flush (see `ThreadStore::put_writes`).
+        self.writer.call_lazy(move |c, _| {
             let mut replaced = HashSet::new();
             for (idx, channel, value) in &w.writes {
                 let hash = value_hash(value);
