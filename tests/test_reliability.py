@@ -294,7 +294,7 @@ def test_cleanup_during_a_live_run_is_safe(db):
 def test_newer_schema_and_custom_base_exceptions(db):
     with rf.Engine(db):
         pass
-    bump = python(f"import sqlite3; c = sqlite3.connect({db!r}); c.execute('pragma user_version=7'); c.commit()")
+    bump = python(f"import sqlite3; c = sqlite3.connect({db!r}); c.execute('pragma user_version=999'); c.commit()")
     assert bump.returncode == 0, bump.stderr
     with pytest.raises(rf.StoreError, match="newer"):
         rf.Engine(db)

@@ -243,3 +243,58 @@ fn noise(size: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+#[test]
+fn a_large_partial_state_is_a_blob_file_replaced_files_are_removed_and_a_rerun_drops_it() {
+    let store = TempStore::sqlite();
+    let path = store.path();
+    let engine = engine(&path, 64 << 10);
+    let state = start(&engine, executor(16, Arc::default(), false));
+    let run = state.run_id.clone();
+    let big = |g: u8| -> Vec<u8> { (0..(1u32 << 20)).map(|i| (i % 241) as u8 ^ g).collect() };
+    engine.save_partial_state(&run, "big", big(1)).unwrap();
+    assert_eq!(blob_files(&path).len(), 1, "at the threshold: a file");
+    assert_eq!(
+        rows(&path, "SELECT length(data) FROM partial_states"),
+        0,
+        "the bytes are not in the database"
+    );
+    assert_eq!(engine.get_partial_state(&run, "big").unwrap().unwrap(), big(1));
+    // Saved again: the old file is stale and goes with the next write transaction.
+    engine.save_partial_state(&run, "big", big(2)).unwrap();
+    engine.save_partial_state(&run, "copy", vec![7; 10]).unwrap();
+    assert_eq!(blob_files(&path).len(), 1, "the replaced file was removed");
+    // The same state saved twice keeps its file.
+    engine.save_partial_state(&run, "big", big(2)).unwrap();
+    engine.save_partial_state(&run, "copy", vec![8; 10]).unwrap();
+    assert_eq!(blob_files(&path).len(), 1);
+    assert_eq!(engine.get_partial_state(&run, "big").unwrap().unwrap(), big(2));
+    assert_eq!(engine.check_integrity().unwrap(), "ok");
+    engine.close();
+    // Reopened: still there; a missing file is named by the integrity check.
+    let engine = self::engine(&path, 64 << 10);
+    assert_eq!(engine.get_partial_state(&run, "big").unwrap().unwrap(), big(2));
+    let file = blob_files(&path).pop().unwrap();
+    let saved = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert!(engine.get_partial_state(&run, "big").is_err());
+    assert!(engine.check_integrity().unwrap().contains("is missing"));
+    std::fs::write(&file, saved).unwrap();
+    // A rerun of the node discards its progress, and its file with the next write.
+    finish(
+        &engine
+            .resume(
+                &run,
+                graph(),
+                executor(16, Arc::default(), false),
+                ResumeOptions {
+                    rerun: vec!["big".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+    );
+    assert_eq!(engine.get_partial_state(&run, "big").unwrap(), None);
+    engine.save_partial_state(&run, "copy", vec![9; 10]).unwrap();
+    assert!(blob_files(&path).is_empty(), "no file left behind");
+}

@@ -206,10 +206,11 @@ fn store_head(conn: &Connection, path: &Path, head: &RunHead) -> Result<()> {
 }
 
 /// Writes a plan (see [`plan::WritePlan`]) inside the open transaction.
-fn write_plan(conn: &Connection, path: &Path, plan: &WritePlan) -> Result<()> {
+fn write_plan(conn: &Connection, path: &Path, plan: &WritePlan, now: f64) -> Result<()> {
     let map = sql(path);
     let run_id = &plan.head.run_id;
     for node in &plan.cleared_progress {
+        mark_partial_file_stale(conn, path, run_id, node, now)?;
         conn.prepare_cached("DELETE FROM partial_states WHERE run_id = ?1 AND node_id = ?2")
             .and_then(|mut st| st.execute([run_id, node]))
             .map_err(&map)?;
@@ -362,7 +363,10 @@ pub(super) fn append_all(
         }
     }
     let nodes = load_named_nodes(conn, path, &batch.run_id, &batch.events)?;
-    if !batch.partial_states.is_empty() || !batch.partial_segments.is_empty() {
+    if !batch.partial_states.is_empty()
+        || !batch.partial_files.is_empty()
+        || !batch.partial_segments.is_empty()
+    {
         plan::check_attempts(&batch.run_id, &nodes, &batch.events)?;
     }
     for (node, first, data) in &batch.partial_segments {
@@ -387,11 +391,84 @@ pub(super) fn append_all(
             )
             .map_err(&map)?;
         for (node, data) in &batch.partial_states {
+            mark_partial_file_stale(conn, path, &batch.run_id, node, now)?;
             st.execute(params![batch.run_id, node, data, now])
                 .map_err(&map)?;
         }
     }
-    write_plan(conn, path, &plan::plan(head, nodes, &batch.events, now))
+    for (node, file) in &batch.partial_files {
+        mark_partial_file_stale(conn, path, &batch.run_id, node, now)?;
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO partial_states (run_id, node_id, data, updated_at, file_hash, file_size)
+             VALUES (?1, ?2, x'', ?3, ?4, ?5)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![batch.run_id, node, now, file.hash, file.size as i64])
+        })
+        .map_err(&map)?;
+        // A file saved again (the same state twice) is not stale.
+        conn.prepare_cached("DELETE FROM stale_files WHERE hash = ?1")
+            .and_then(|mut st| st.execute([&file.hash]))
+            .map_err(&map)?;
+    }
+    write_plan(
+        conn,
+        path,
+        &plan::plan(head, nodes, &batch.events, now),
+        now,
+    )
+}
+
+/// Records the blob file of a node's partial state, about to be replaced or deleted, as
+/// stale: it is removed by a later write transaction once nothing references it.
+fn mark_partial_file_stale(
+    conn: &Connection,
+    path: &Path,
+    run_id: &str,
+    node: &str,
+    now: f64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO stale_files (hash, marked_at) SELECT file_hash, ?3 FROM partial_states
+          WHERE run_id = ?1 AND node_id = ?2 AND file_hash IS NOT NULL",
+    )
+    .and_then(|mut st| st.execute(params![run_id, node, now]))
+    .map_err(sql(path))?;
+    Ok(())
+}
+
+/// Removes the blob files of replaced partial states that nothing references any more;
+/// runs inside a write transaction (so no commit of any process can reference one of them
+/// meanwhile), and only for files marked by an earlier transaction (`marked_at < now`, the
+/// group's time: one that committed), never by this one, which could still roll back.
+pub fn sweep_stale_files(
+    conn: &Connection,
+    path: &Path,
+    files: &super::blob_files::BlobFiles,
+    now: f64,
+) -> Result<()> {
+    let map = sql(path);
+    let stale: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT hash FROM stale_files WHERE marked_at < ?1 LIMIT 64")
+        .and_then(|mut st| st.query_map([now], |r| r.get(0))?.collect())
+        .map_err(&map)?;
+    for hash in stale {
+        let used = conn
+            .prepare_cached("SELECT 1 FROM partial_states WHERE file_hash = ?1")
+            .and_then(|mut st| st.exists([&hash]))
+            .map_err(&map)?
+            || conn
+                .prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1 AND location = 1")
+                .and_then(|mut st| st.exists([&hash]))
+                .map_err(&map)?;
+        if !used {
+            files.remove(&hash, super::ValueCodec::Raw);
+        }
+        conn.prepare_cached("DELETE FROM stale_files WHERE hash = ?1")
+            .and_then(|mut st| st.execute([&hash]))
+            .map_err(&map)?;
+    }
+    Ok(())
 }
 
 /// Removes a node's streaming segments.

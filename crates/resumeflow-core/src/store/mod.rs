@@ -168,6 +168,9 @@ pub struct RunBatch {
     pub events: Vec<EventKind>,
     pub values: Vec<BatchValue>,
     pub partial_states: Vec<(String, Vec<u8>)>,
+    /// Partial states moved to blob files by staging (at or above the file threshold):
+    /// `(node, value)`, the file already durable.
+    pub partial_files: Vec<(String, ValueRef)>,
     /// Items a streaming node appends to its saved progress: `(node, first, segment)`, the
     /// encoded items from index `first` on; segments at or after `first` saved earlier (by
     /// an attempt that went further before it failed) are replaced. Each save costs what it
@@ -192,6 +195,7 @@ impl RunBatch {
         self.events.is_empty()
             && self.values.is_empty()
             && self.partial_states.is_empty()
+            && self.partial_files.is_empty()
             && self.partial_segments.is_empty()
             && self.dropped_segments.is_empty()
     }
@@ -201,6 +205,7 @@ impl RunBatch {
         self.events.extend(other.events);
         self.values.extend(other.values);
         self.partial_states.extend(other.partial_states);
+        self.partial_files.extend(other.partial_files);
         self.partial_segments.extend(other.partial_segments);
         self.dropped_segments.extend(other.dropped_segments);
     }

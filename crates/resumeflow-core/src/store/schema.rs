@@ -32,7 +32,7 @@ use rusqlite::Connection;
 /// 'RFLW'
 pub const APPLICATION_ID: i64 = 0x5246_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Migrations by target version; index 0 creates version 1, index 1 adds the thread
 /// checkpoint tables of version 2 (see [`crate::threads`]), index 2 (version 3) moves a run's
@@ -213,6 +213,11 @@ INSERT INTO thread_values_v6 (hash, type, data) SELECT hash, type, data FROM thr
 DROP TABLE thread_values;
 ALTER TABLE thread_values_v6 RENAME TO thread_values;
 ALTER TABLE thread_checkpoints ADD COLUMN metadata_json TEXT;
+",
+    r"
+ALTER TABLE partial_states ADD COLUMN file_hash BLOB;
+ALTER TABLE partial_states ADD COLUMN file_size INTEGER;
+CREATE TABLE stale_files (hash BLOB PRIMARY KEY, marked_at REAL NOT NULL) WITHOUT ROWID;
 ",
 ];
 

@@ -359,7 +359,10 @@ impl SqliteStore {
     fn missing_blob_files(&self, conn: &Connection) -> Result<Vec<String>> {
         let map = sql(&self.path);
         let mut st = conn
-            .prepare("SELECT hash, codec, size FROM blobs WHERE location = 1")
+            .prepare(
+                "SELECT hash, codec, size FROM blobs WHERE location = 1
+                 UNION ALL SELECT file_hash, 0, file_size FROM partial_states WHERE file_hash IS NOT NULL",
+            )
             .map_err(&map)?;
         let rows = st
             .query_map([], |r| {
@@ -393,7 +396,7 @@ impl SqliteStore {
     /// Compresses what asks for it and moves large values to blob files, durably, before the
     /// batch is queued (so neither runs inside the writer's transaction).
     fn stage(&self, batch: &mut RunBatch) -> Result<()> {
-        stage_values(batch, Some(&self.files), &self.path)
+        stage_values(batch, Some(&self.files), true, &self.path)
     }
 
     /// Removes the files of values the last garbage collection deleted, then orphan files
@@ -418,7 +421,10 @@ impl SqliteStore {
                 }
             }
             let referenced: HashSet<String> = conn
-                .prepare_cached("SELECT hash, codec FROM blobs WHERE location = 1")
+                .prepare_cached(
+                    "SELECT hash, codec FROM blobs WHERE location = 1
+                     UNION SELECT file_hash, 0 FROM partial_states WHERE file_hash IS NOT NULL",
+                )
                 .and_then(|mut st| {
                     st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?
                         .collect::<rusqlite::Result<Vec<_>>>()
@@ -852,20 +858,26 @@ impl Store for SqliteStore {
         let max_bytes = self.max_bytes.clone();
         self.writer.submit(move |conn, at| {
             poisoned.check(&batch)?;
+            apply::sweep_stale_files(conn, &path, &files, at)?;
             // A reference is committed only while its file exists (a cleanup, in any process,
             // sweeps inside a write transaction too, so this check and the commit are atomic
             // with respect to it).
             let missing = batch
                 .values
                 .iter()
-                .find(|v| v.in_file && !files.exists(&v.value.hash, v.codec));
+                .filter(|v| v.in_file)
+                .map(|v| (&v.value, v.codec))
+                .chain(
+                    batch
+                        .partial_files
+                        .iter()
+                        .map(|(_, v)| (v, ValueCodec::Raw)),
+                )
+                .find(|(v, codec)| !files.exists(&v.hash, *codec));
             let result = match missing {
-                Some(v) => Err(unusable(
+                Some((v, _)) => Err(unusable(
                     &path,
-                    format!(
-                        "blob file of value {} vanished before its commit",
-                        v.value.hex()
-                    ),
+                    format!("blob file of value {} vanished before its commit", v.hex()),
                 )),
                 None => apply::apply_batch(conn, &path, &batch, at),
             }
@@ -917,14 +929,32 @@ impl Store for SqliteStore {
     }
 
     fn load_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>> {
-        self.read(|conn| {
+        type Row = (Vec<u8>, Option<Vec<u8>>, Option<i64>);
+        let row: Option<Row> = self.read(|conn| {
             self.require_run(conn, run_id)?;
             conn.prepare_cached(
-                "SELECT data FROM partial_states WHERE run_id = ?1 AND node_id = ?2",
+                "SELECT data, file_hash, file_size FROM partial_states WHERE run_id = ?1 AND node_id = ?2",
             )
-            .and_then(|mut st| st.query_row([run_id, node_id], |r| r.get(0)).optional())
+            .and_then(|mut st| {
+                st.query_row([run_id, node_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
             .map_err(sql(&self.path))
-        })
+        })?;
+        match row {
+            None => Ok(None),
+            Some((data, None, _)) => Ok(Some(data)),
+            // In a blob file: read outside the reader lock, checked against its hash.
+            Some((_, Some(hash), size)) => {
+                let value = ValueRef {
+                    hash,
+                    size: size.unwrap_or(0) as u64,
+                };
+                let data = self.files.read(&value.hash, ValueCodec::Raw)?;
+                self.check_hash(&value, &data)?;
+                Ok(Some(data))
+            }
+        }
     }
 
     fn load_partial_segments(&self, run_id: &str, node_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {

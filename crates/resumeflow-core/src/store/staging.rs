@@ -21,8 +21,35 @@ pub fn failpoint(name: &str) {
 }
 
 /// Compresses what asks for it and moves values whose stored form reaches the file
-/// threshold to blob files (if the store keeps files); values staged already are left as they are.
-pub fn stage_values(batch: &mut RunBatch, files: Option<&BlobFiles>, store: &Path) -> Result<()> {
+/// threshold to blob files (if the store keeps files); values staged already are left as they
+/// are. With `partial_files`, partial states that large go to blob files too
+/// (`batch.partial_files`), written and fsynced before the commit that references them.
+pub fn stage_values(
+    batch: &mut RunBatch,
+    files: Option<&BlobFiles>,
+    partial_files: bool,
+    store: &Path,
+) -> Result<()> {
+    if let Some(files) = files.filter(|f| {
+        partial_files
+            && batch
+                .partial_states
+                .iter()
+                .any(|(_, d)| d.len() as u64 >= f.threshold())
+    }) {
+        let threshold = files.threshold();
+        let mut inline = Vec::with_capacity(batch.partial_states.len());
+        for (node, data) in std::mem::take(&mut batch.partial_states) {
+            if (data.len() as u64) < threshold {
+                inline.push((node, data));
+                continue;
+            }
+            let value = files.write_segments(&[&data])?;
+            failpoint("after_blob_write");
+            batch.partial_files.push((node, value));
+        }
+        batch.partial_states = inline;
+    }
     for v in &mut batch.values {
         if v.codec != ValueCodec::Raw || v.in_file {
             continue; // staged already

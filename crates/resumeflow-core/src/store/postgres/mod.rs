@@ -203,7 +203,7 @@ impl Store for PgStore {
     ) -> Result<Lease> {
         let mut staged = RunBatch::new(run_id, None);
         staged.values = values;
-        stage_values(&mut staged, self.files.as_deref(), &self.name)?;
+        stage_values(&mut staged, self.files.as_deref(), false, &self.name)?;
         let values = staged.values;
         let run_id = run_id.to_string();
         self.writer
@@ -216,7 +216,7 @@ impl Store for PgStore {
     }
 
     fn submit(&self, mut batch: RunBatch) -> CommitTicket {
-        if let Err(e) = stage_values(&mut batch, self.files.as_deref(), &self.name) {
+        if let Err(e) = stage_values(&mut batch, self.files.as_deref(), false, &self.name) {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let _ = tx.send(Err(e));
             return rx;
