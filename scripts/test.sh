@@ -13,6 +13,33 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --quiet
 
+echo "== PostgreSQL server binaries for the PostgreSQL store tests (Debian's postgresql)"
+# tests/pg_cluster.py runs its own throwaway cluster from /usr/lib/postgresql/*/bin; the
+# package's own cluster is not used.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null; then
+  SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y postgresql \
+    || { $SUDO apt-get update && $SUDO apt-get install -y postgresql; }
+fi
+
+echo "== cargo test on PostgreSQL"
+# The core's store, queue, resumption and property tests again on a throwaway cluster
+# (tests/pg_cluster.py, system python3): with RESUMEFLOW_TEST_PG_URL set, each test's TempStore
+# is a fresh schema of that database. The cluster is stopped and removed even on failure.
+PG_OUT=$(python3 "$ROOT/tests/pg_cluster.py" start)
+PG_URL=$(sed -n 's/^URL=//p' <<<"$PG_OUT")
+PG_DIR=$(sed -n 's/^DIR=//p' <<<"$PG_OUT")
+if [ -z "$PG_URL" ] || [ -z "$PG_DIR" ]; then
+  echo "tests/pg_cluster.py start printed no URL=/DIR=: $PG_OUT" >&2
+  exit 1
+fi
+trap 'python3 "$ROOT/tests/pg_cluster.py" stop "$PG_DIR"' EXIT
+RESUMEFLOW_TEST_PG_URL="$PG_URL" cargo test -p resumeflow-core --quiet \
+  --test store --test queue --test workflow_resumption --test properties
+python3 "$ROOT/tests/pg_cluster.py" stop "$PG_DIR"
+trap - EXIT
+
 echo "== python setup"
 VENV=$("$ROOT/scripts/setup-venv.sh" | tail -n 1)
 
@@ -22,16 +49,6 @@ if [ ! -x /usr/bin/chromedriver ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get install -y chromium chromium-driver \
     || { $SUDO apt-get update && $SUDO apt-get install -y chromium chromium-driver; }
-fi
-
-echo "== PostgreSQL server binaries for the PostgreSQL store tests (Debian's postgresql)"
-# tests/pg_cluster.py runs its own throwaway cluster from /usr/lib/postgresql/*/bin; the
-# package's own cluster is not used.
-if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null; then
-  SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y postgresql \
-    || { $SUDO apt-get update && $SUDO apt-get install -y postgresql; }
 fi
 
 echo "== ruff"

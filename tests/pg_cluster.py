@@ -11,11 +11,20 @@ scram-sha-256.
 
 The server binaries are the newest ``/usr/lib/postgresql/*/bin`` (Debian's layout), or the
 directory named by ``RESUMEFLOW_PG_BIN``; ``psql`` is that directory's, else the one on PATH.
+
+From a shell (any python3, standard library only), e.g. for ``cargo test`` on PostgreSQL::
+
+    python3 tests/pg_cluster.py start      # prints URL=postgresql://... and DIR=/tmp/rf-pg-...
+    python3 tests/pg_cluster.py stop DIR   # stops that server and removes DIR
+
+``start`` returns once the server accepts connections and leaves it running; the URL is the
+test role's, without a schema. ``stop`` of a DIR that no longer exists does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -23,6 +32,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +43,8 @@ DATABASE = "rftest"
 SUPERUSER = "rf_admin"
 #: The OS user that owns the cluster when the tests run as root.
 OS_USER = "postgres"
+#: In a cluster's directory: what ``stop DIR`` (``PgCluster.attach``) needs to find its server.
+STATE_FILE = "cluster.json"
 
 
 class PgUnavailable(Exception):
@@ -81,9 +93,10 @@ def _traversable_by_others(path: Path) -> bool:
 
 class PgCluster:
     """One cluster. ``start()`` runs initdb (first time), the server, and creates the test
-    role and database; ``stop()`` stops the server and removes the directory."""
+    role and database; ``stop()`` stops the server and removes the directory. ``root`` is an
+    existing cluster's directory (``attach``), else a new temporary one."""
 
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(self, bindir: Path | None = None, *, root: Path | None = None) -> None:
         self.bindir = bindir or find_bindir()
         self.as_root = os.geteuid() == 0
         self.runas: list[str] = []
@@ -96,7 +109,7 @@ class PgCluster:
         base = Path(tempfile.gettempdir())
         if self.as_root and not _traversable_by_others(base):
             base = Path("/tmp")  # the postgres user must reach the cluster's directory
-        self.root = Path(tempfile.mkdtemp(prefix="rf-pg-", dir=base))
+        self.root = root if root is not None else Path(tempfile.mkdtemp(prefix="rf-pg-", dir=base))
         self.data = self.root / "data"
         self.sockets = self.root / "sock"
         self.log = self.root / "server.log"
@@ -203,6 +216,34 @@ class PgCluster:
         )
         self.sql(f"CREATE DATABASE {DATABASE} OWNER {USER}", database="postgres")
 
+    def save_state(self) -> None:
+        """Writes what ``attach`` needs (bindir, port, the superuser's password for ``sql``)
+        into the cluster's directory, readable by this user only."""
+        path = self.root / STATE_FILE
+        state = {"bindir": str(self.bindir), "port": self.port, "super_password": self.super_password}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state) + "\n")
+
+    @classmethod
+    def attach(cls, root: Path) -> PgCluster:
+        """The cluster a ``start`` (CLI) left running in ``root``. ``ValueError`` if ``root``
+        is not such a directory (then nothing there is touched)."""
+        try:
+            state = json.loads((root / STATE_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{root} is not a test cluster's directory (no readable {STATE_FILE}: {e})") from None
+        if not root.name.startswith("rf-pg-"):
+            raise ValueError(f"{root} is not a test cluster's directory (not named rf-pg-*)")
+        try:
+            bindir, port, password = Path(state["bindir"]), int(state["port"]), str(state["super_password"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{root / STATE_FILE} lacks {e}") from None
+        cluster = cls(bindir, root=root)
+        cluster.port, cluster.super_password = port, password
+        cluster.running = (cluster.data / "postmaster.pid").exists()
+        return cluster
+
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: every connection is cut; back when it accepts them."""
         self._server_cmd("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-m", "fast", "restart")
@@ -260,3 +301,48 @@ def wait_until_stopped(cluster: PgCluster, timeout: float = 30) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``start``: a cluster left running, ``URL=`` and ``DIR=`` on stdout; ``stop DIR``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="pg_cluster.py", description="A throwaway PostgreSQL cluster for the tests.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("start", help="start a cluster; prints URL=... and DIR=...")
+    stop = commands.add_parser("stop", help="stop the cluster in DIR and remove DIR")
+    stop.add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        try:
+            cluster = PgCluster()
+        except PgUnavailable as e:
+            print(f"pg_cluster.py: {e}", file=sys.stderr)
+            return 2
+        try:
+            cluster.start()
+            cluster.save_state()
+        except BaseException:
+            cluster.stop()
+            raise
+        print(f"URL={cluster.url}")
+        print(f"DIR={cluster.root}", flush=True)
+        return 0
+    root = args.dir.resolve()
+    if not root.exists():
+        print(f"pg_cluster.py: {root} does not exist: nothing to stop", file=sys.stderr)
+        return 0
+    try:
+        cluster = PgCluster.attach(root)
+    except (ValueError, PgUnavailable) as e:
+        print(f"pg_cluster.py: {e}", file=sys.stderr)
+        return 2
+    cluster.stop()
+    if root.exists():
+        print(f"pg_cluster.py: could not remove {root}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
