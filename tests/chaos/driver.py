@@ -3,12 +3,18 @@
 Runs batches of workflows (chains, fan-out/fan-in, retries, partial-state and streaming nodes)
 in child processes and SIGKILLs them at random instants — mid-node, mid-commit, mid-startup —
 then recovers with ``engine.recover`` from fresh processes, over and over until every run
-completes. After every kill it checks: ``PRAGMA integrity_check`` is ``ok``; nothing that had
-completed is lost. At the end: final values equal an uninterrupted run's; no completed node ran
-again (the fsynced side-effect ledger proves it); attempts per node strictly increase; each
-completed node's recorded attempt is its last ledger attempt.
+completes. After every kill it checks: the store's integrity check (``PRAGMA integrity_check``
+on SQLite) is ``ok``; nothing that had completed is lost. At the end: final values equal an
+uninterrupted run's; no completed node ran again (the fsynced side-effect ledger proves it);
+attempts per node strictly increase; each completed node's recorded attempt is its last ledger
+attempt.
 
-    python tests/chaos/driver.py [--kills N | --long] [--seed S] [--db PATH]
+``db`` is a SQLite path or a ``postgresql://`` URL. ``disrupt`` (optional) is called while a
+child runs, e.g. to restart the PostgreSQL server under it: the child may then exit with a
+``StoreError`` (its runs are recovered like a killed child's), and the driver's own engine
+reconnects before it looks again. A batch that never completes is a violation, not a hang.
+
+    python tests/chaos/driver.py [--kills N | --long] [--seed S] [--db PATH_OR_URL] [--max-delay S]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +46,10 @@ class Report:
     nodes_executed: int = 0
     re_executions_of_completed: int = 0
     integrity_checks: int = 0
+    #: Children during which ``disrupt`` disrupted the store, and how many of them then
+    #: exited with a StoreError (not a violation).
+    disruptions: int = 0
+    disrupted_exits: int = 0
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -58,15 +69,38 @@ def _ledger(path: Path) -> list[tuple[str, str, int]]:
     return out
 
 
+def _settle(engine, timeout: float = 60.0) -> None:
+    """After a disruption: retries until the engine reads and writes again (each pooled
+    connection the server dropped fails once before it is replaced)."""
+    import resumeflow as rf
+
+    deadline = time.monotonic() + timeout
+    ok = 0
+    while ok < 3:
+        try:
+            engine.list_runs()
+            engine.check_integrity()
+            engine.cleanup()
+            ok += 1
+        except rf.StoreError:
+            if time.monotonic() > deadline:
+                raise
+            ok = 0
+            time.sleep(0.1)
+
+
 def campaign(kills_target: int, *, seed: int = 0, db: str | None = None, runs_per_batch: int = 10,
-             max_delay: float = 0.15, log=lambda *a: print(*a, flush=True)) -> Report:
+             max_delay: float = 0.15, disrupt: Callable[[int], bool] | None = None,
+             max_children_per_batch: int = 300, log=lambda *a: print(*a, flush=True)) -> Report:
+    """``disrupt(kills)`` runs while each child runs (after its "ready", before the driver
+    waits on it) and returns True if it disrupted the store; ``max_children_per_batch``
+    children without the batch completing is a violation that ends the campaign."""
     import resumeflow as rf
 
     sys.path.insert(0, str(HERE))
     from chaos_workflows import BLOB_FILE_THRESHOLD, EXPECTED, same
 
     work = Path(tempfile.mkdtemp(prefix="rf-chaos-"))
-    own_db = db is None
     db = db or str(work / "chaos.db")
     ledger = work / "ledger.txt"
     ledger.touch()
@@ -113,21 +147,37 @@ def campaign(kills_target: int, *, seed: int = 0, db: str | None = None, runs_pe
 
     last_logged = 0
     with rf.Engine(db, blob_file_threshold=BLOB_FILE_THRESHOLD) as engine:
-        while report.kills < kills_target:
+        stuck = False
+        while report.kills < kills_target and not stuck:
             prefix = f"b{report.batches}"
             report.batches += 1
             args = ["start", db, prefix, str(runs_per_batch)]
+            children = 0
             while True:
+                children += 1
+                if children > max_children_per_batch:
+                    states = {s.run_id: s.status for s in batch_states(engine, prefix)}
+                    report.violations.append(f"batch {prefix} not completed after {max_children_per_batch} children: {states}")
+                    stuck = True
+                    break
                 child = subprocess.Popen(
                     [sys.executable, str(HERE / "chaos_child.py"), *args],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                 )
                 ready = child.stdout.readline().strip() == "ready"
+                disrupted = bool(ready and disrupt is not None and disrupt(report.kills))
+                if disrupted:
+                    report.disruptions += 1
+                    _settle(engine)
                 try:
                     child.wait(timeout=rng.uniform(0, max_delay) if ready else 60)
                     report.child_exits += 1
                     if child.returncode != 0:
-                        report.violations.append(f"child exited {child.returncode}: {child.stderr.read()[-2000:]}")
+                        err = child.stderr.read()
+                        if disrupted and "resumeflow.StoreError" in err:
+                            report.disrupted_exits += 1
+                        else:
+                            report.violations.append(f"child exited {child.returncode}: {err[-2000:]}")
                 except subprocess.TimeoutExpired:
                     child.send_signal(signal.SIGKILL)
                     child.wait()
@@ -173,8 +223,10 @@ def campaign(kills_target: int, *, seed: int = 0, db: str | None = None, runs_pe
             if ns.status == "completed" and ns.attempt != attempt:
                 report.violations.append(f"{(run, node)}: store says attempt {ns.attempt}, ledger {attempt}")
     report.seconds = time.monotonic() - t0
-    if not report.violations and own_db:
-        shutil.rmtree(work, ignore_errors=True)  # kept for inspection when something failed
+    if not report.violations:
+        shutil.rmtree(work, ignore_errors=True)  # the ledger (and an own store) are kept on failure
+    else:
+        log(f"kept {work} for inspection")
     return report
 
 
@@ -183,9 +235,10 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--long", action="store_true", help="5,000 kills")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--db")
+    parser.add_argument("--db", help="a SQLite path or a postgresql:// URL (default: a new SQLite file)")
+    parser.add_argument("--max-delay", type=float, default=0.15, help="longest a child lives after ready (s)")
     args = parser.parse_args()
-    report = campaign(5000 if args.long else args.kills, seed=args.seed, db=args.db)
+    report = campaign(5000 if args.long else args.kills, seed=args.seed, db=args.db, max_delay=args.max_delay)
     print(json.dumps({k: v for k, v in vars(report).items() if k != "violations"}, indent=2), flush=True)
     for v in report.violations[:50]:
         print("VIOLATION:", v)
