@@ -82,3 +82,17 @@ def make_chain(k: int, name: str = "chaink") -> rf.Workflow:
 
 def sleepy_chain() -> rf.Workflow:
     return chain
+
+
+# One node that saves partial state back to back (RF_BUSY_SAVES times, a write transaction
+# each) before it returns: a worker is always about to be inside a write.
+busy = rf.Workflow("busy")
+
+
+@busy.node(retry=FAST)
+def busy_saves(ctx: rf.NodeContext):
+    record("busy", ctx.attempt)
+    start = (ctx.load_partial_state() or {"i": 0})["i"]
+    for i in range(start, int(os.environ.get("RF_BUSY_SAVES", "20"))):
+        ctx.save_partial_state({"i": i + 1})
+    return "saved"
