@@ -542,15 +542,12 @@ def test_a_frozen_worker_is_fenced_by_another_host_and_its_late_writes_refused(p
     )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: a worker frozen inside a write transaction keeps the run's row lock (FOR UPDATE) "
-    "on an 'idle in transaction' session; no idle_in_transaction_session_timeout/lock_timeout "
-    "ends it, so another host's recover() waits on that lock for as long as the worker is frozen "
-    "(and its engine's writer with it), lease or not"
-))
 def test_a_worker_frozen_inside_a_write_transaction_does_not_block_the_takeover(pg_url, pg_server, ledger):
     """host-a's worker saves partial state back to back (a write transaction each) and is
-    SIGSTOPped inside one of them; after its 2 s lease host-b must take the run over."""
+    SIGSTOPped inside one of them; after its 2 s lease host-b must take the run over.
+    Regression: the frozen session held the run's row lock (FOR UPDATE) while "idle in
+    transaction", so host-b's recover() waited as long as the freeze lasted; the store's
+    sessions now have idle_in_transaction_session_timeout = 1 s."""
     worker = spawn(
         textwrap.dedent(f"""
             import resumeflow as rf
@@ -575,3 +572,23 @@ def test_a_worker_frozen_inside_a_write_transaction_does_not_block_the_takeover(
     finally:
         worker.kill()
         worker.communicate(timeout=30)
+
+
+def test_an_open_engine_reads_and_writes_right_after_a_server_restart(pg_url, pg_server):
+    """Pooled connections die with a restart: the first read on each and the writer's next
+    transaction start again on a new connection instead of failing (regression: each failed
+    once with 'terminating connection due to administrator command')."""
+    wf = rf.Workflow("after_restart")
+
+    @wf.node
+    def one() -> int:
+        return 1
+
+    with rf.Engine(pg_url) as engine:
+        assert engine.run(wf, run_id="r1").status == "completed"
+        engine.list_runs()  # several pooled readers in use
+        pg_server.restart()
+        assert engine.get_current_state("r1").status == "completed"
+        assert [r.run_id for r in engine.list_runs()] == ["r1"]
+        assert engine.run(wf, run_id="r2").status == "completed"
+        assert engine.check_integrity() == "ok"

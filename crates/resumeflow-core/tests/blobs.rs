@@ -259,21 +259,34 @@ fn a_large_partial_state_is_a_blob_file_replaced_files_are_removed_and_a_rerun_d
         0,
         "the bytes are not in the database"
     );
-    assert_eq!(engine.get_partial_state(&run, "big").unwrap().unwrap(), big(1));
+    assert_eq!(
+        engine.get_partial_state(&run, "big").unwrap().unwrap(),
+        big(1)
+    );
     // Saved again: the old file is stale and goes with the next write transaction.
     engine.save_partial_state(&run, "big", big(2)).unwrap();
-    engine.save_partial_state(&run, "copy", vec![7; 10]).unwrap();
+    engine
+        .save_partial_state(&run, "copy", vec![7; 10])
+        .unwrap();
     assert_eq!(blob_files(&path).len(), 1, "the replaced file was removed");
     // The same state saved twice keeps its file.
     engine.save_partial_state(&run, "big", big(2)).unwrap();
-    engine.save_partial_state(&run, "copy", vec![8; 10]).unwrap();
+    engine
+        .save_partial_state(&run, "copy", vec![8; 10])
+        .unwrap();
     assert_eq!(blob_files(&path).len(), 1);
-    assert_eq!(engine.get_partial_state(&run, "big").unwrap().unwrap(), big(2));
+    assert_eq!(
+        engine.get_partial_state(&run, "big").unwrap().unwrap(),
+        big(2)
+    );
     assert_eq!(engine.check_integrity().unwrap(), "ok");
     engine.close();
     // Reopened: still there; a missing file is named by the integrity check.
     let engine = self::engine(&path, 64 << 10);
-    assert_eq!(engine.get_partial_state(&run, "big").unwrap().unwrap(), big(2));
+    assert_eq!(
+        engine.get_partial_state(&run, "big").unwrap().unwrap(),
+        big(2)
+    );
     let file = blob_files(&path).pop().unwrap();
     let saved = std::fs::read(&file).unwrap();
     std::fs::remove_file(&file).unwrap();
@@ -295,6 +308,8 @@ fn a_large_partial_state_is_a_blob_file_replaced_files_are_removed_and_a_rerun_d
             .unwrap(),
     );
     assert_eq!(engine.get_partial_state(&run, "big").unwrap(), None);
-    engine.save_partial_state(&run, "copy", vec![9; 10]).unwrap();
+    engine
+        .save_partial_state(&run, "copy", vec![9; 10])
+        .unwrap();
     assert!(blob_files(&path).is_empty(), "no file left behind");
 }

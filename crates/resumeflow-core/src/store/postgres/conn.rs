@@ -58,18 +58,20 @@ impl PgConn {
         if self.client.is_none() {
             self.statements.clear();
             let mut client = self.target.connect()?;
-            let mut settings = Vec::new();
+            // A session that stops in the middle of a transaction (its process frozen,
+            // SIGSTOPped, swapped out) would hold its run's row lock for as long as it is
+            // stopped, and block every other host's takeover past the lease: the server ends
+            // such a transaction after this long (a group never waits between statements).
+            let mut settings = vec!["SET idle_in_transaction_session_timeout = '1s'"];
             if self.durability != Durability::Sync {
                 settings.push("SET synchronous_commit = off");
             }
             if self.read_only {
                 settings.push("SET default_transaction_read_only = on");
             }
-            if !settings.is_empty() {
-                client
-                    .batch_execute(&settings.join("; "))
-                    .map_err(|e| self.target.db_error("configure the session", &e))?;
-            }
+            client
+                .batch_execute(&settings.join("; "))
+                .map_err(|e| self.target.db_error("configure the session", &e))?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected"))
@@ -138,10 +140,16 @@ impl GroupConnection for PgConn {
             "BEGIN; SET LOCAL synchronous_commit = off; \
              SELECT extract(epoch FROM clock_timestamp())::float8"
         };
-        let messages = self
-            .client()?
-            .simple_query(begin)
-            .map_err(|e| target.db_error("begin a write transaction", &e))?;
+        let mut sent = self.client()?.simple_query(begin);
+        if sent.is_err() && self.is_broken() {
+            // The connection was lost since the last group (a server restart, say): nothing of
+            // this group ran yet, so it begins again on a new connection.
+            self.in_transaction = false;
+            self.client()?;
+            self.in_transaction = true;
+            sent = self.client()?.simple_query(begin);
+        }
+        let messages = sent.map_err(|e| target.db_error("begin a write transaction", &e))?;
         messages
             .iter()
             .find_map(|m| match m {

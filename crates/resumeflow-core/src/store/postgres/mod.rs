@@ -116,17 +116,24 @@ impl PgStore {
         .into()
     }
 
-    /// Runs `f` on a reader connection from the pool (a new one if none is idle).
-    fn read<T>(&self, f: impl FnOnce(&mut PgConn) -> Result<T>) -> Result<T> {
+    /// Runs `f` on a reader connection from the pool (a new one if none is idle); a read
+    /// that failed because its pooled connection was lost (a server restart since it was
+    /// last used) runs once more on a new one: reads are safe to repeat.
+    fn read<T>(&self, f: impl Fn(&mut PgConn) -> Result<T>) -> Result<T> {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.closed_error());
         }
         let idle = self.readers.lock().expect("reader pool").pop();
+        let pooled = idle.is_some();
         let mut conn = match idle {
             Some(conn) => conn,
             None => PgConn::open(self.target.clone(), Durability::Sync, true)?,
         };
-        let result = f(&mut conn);
+        let mut result = f(&mut conn);
+        if result.is_err() && pooled && conn.is_broken() {
+            conn = PgConn::open(self.target.clone(), Durability::Sync, true)?;
+            result = f(&mut conn);
+        }
         if !conn.is_broken() && !self.closed.load(Ordering::Acquire) {
             let mut pool = self.readers.lock().expect("reader pool");
             if pool.len() < IDLE_READERS {
@@ -137,7 +144,7 @@ impl PgStore {
     }
 
     /// Runs `f` in one repeatable-read snapshot (a run's row and its nodes agree).
-    fn read_snapshot<T>(&self, f: impl FnOnce(&mut PgConn) -> Result<T>) -> Result<T> {
+    fn read_snapshot<T>(&self, f: impl Fn(&mut PgConn) -> Result<T>) -> Result<T> {
         self.read(|c| {
             c.batch(
                 "begin a read",
