@@ -118,6 +118,12 @@ CREATE TABLE control_requests (
     requested_at DOUBLE PRECISION NOT NULL
 );
 CREATE SEQUENCE changes;
+-- Values are stored as given (zstd already where asked; tensors do not compress): no pglz
+-- compression of the large columns.
+ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL;
+ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+ALTER TABLE partial_states ALTER COLUMN data SET STORAGE EXTERNAL;
+ALTER TABLE partial_segments ALTER COLUMN data SET STORAGE EXTERNAL;
 "#,
     r#"
 CREATE TABLE thread_checkpoints (
@@ -162,6 +168,7 @@ CREATE TABLE thread_values (
     type TEXT NOT NULL,
     data BYTEA NOT NULL
 );
+ALTER TABLE thread_values ALTER COLUMN data SET STORAGE EXTERNAL;
 "#,
 ];
 
