@@ -490,30 +490,15 @@ def _spawn(role: str, *args: str) -> subprocess.Popen[str]:
 
 
 def _await_ready(children: list[subprocess.Popen[str]], ready: list[str]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not all(os.path.exists(r) for r in ready):
-        for c in children:
-            if c.poll() is not None:
-                _, err = c.communicate()
-                raise RuntimeError(f"a worker exited before it was ready ({c.returncode}): "
-                                   f"{err[-2000:]}")
-        if time.monotonic() > deadline:
-            raise TimeoutError("workers never became ready")
-        time.sleep(0.01)
+    import queue_throughput as qt
+
+    qt._await_ready(children, ready)
 
 
 def _reap(children: list[subprocess.Popen[str]], timeout: float = 600.0) -> list[str]:
-    outs = []
-    for c in children:
-        try:
-            out, err = c.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            c.kill()
-            out, err = c.communicate()
-        if c.returncode != 0:
-            raise RuntimeError(f"a worker failed ({c.returncode}): {err[-2000:]}")
-        outs.append(out)
-    return outs
+    import queue_throughput as qt
+
+    return qt._reap(children, timeout)
 
 
 def queue_rf(pg: Server, n: int, workers: int, durability: str) -> dict[str, Any]:

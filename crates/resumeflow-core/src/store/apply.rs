@@ -566,16 +566,7 @@ pub fn insert_run(conn: &Connection, path: &Path, run: &NewRun, now: f64) -> Res
     )
     .and_then(|mut st| st.execute(params![run.run_id, graph, inputs, labels]))
     .map_err(sql(path))?;
-    let created = EventKind::RunCreated {
-        workflow: run.graph.name().to_string(),
-        graph_hash: run.graph.structural_hash(),
-        nodes: run
-            .graph
-            .node_ids()
-            .into_iter()
-            .map(str::to_string)
-            .collect(),
-    };
+    let created = plan::run_created(&run.graph);
     // RunCreated goes first, before the lease event that `acquire` adds.
     let head = load_head(conn, path, &run.run_id)?;
     append_all(

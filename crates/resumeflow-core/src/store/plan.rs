@@ -63,6 +63,15 @@ pub struct WritePlan {
     pub settle_controls: bool,
 }
 
+/// The first event of a new run.
+pub fn run_created(graph: &crate::graph::Graph) -> EventKind {
+    EventKind::RunCreated {
+        workflow: graph.name().to_string(),
+        graph_hash: graph.structural_hash(),
+        nodes: graph.node_ids().into_iter().map(str::to_string).collect(),
+    }
+}
+
 /// The nodes `events` name: the node rows a store reads before planning.
 pub fn nodes_named(events: &[EventKind]) -> BTreeSet<String> {
     events

@@ -54,7 +54,7 @@ const RESERVED_PAGES: i64 = 32;
 /// The smallest `max_store_bytes` that can hold a store (schema, a few runs, the reserve).
 pub const MIN_STORE_BYTES: u64 = 1 << 20;
 
-use super::staging::{check_hash, failpoint, stage_values, unpack, Refusals};
+use super::staging::{check_hash, failpoint, stage_loose, stage_values, unpack, Refusals};
 
 /// How old an unreferenced blob file must be before `cleanup` removes it by default: far
 /// longer than any commit takes, so a file written by another process whose commit is still
@@ -618,10 +618,7 @@ impl Store for SqliteStore {
         events: Vec<EventKind>,
         values: Vec<super::BatchValue>,
     ) -> Result<Lease> {
-        let mut staged = RunBatch::new(run_id, None);
-        staged.values = values;
-        self.stage(&mut staged)?;
-        let values = staged.values;
+        let values = stage_loose(values, Some(&self.files), &self.path)?;
         let path = self.path.clone();
         let run_id = run_id.to_string();
         self.writer.call(move |conn, at| {

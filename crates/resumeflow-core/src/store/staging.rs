@@ -75,6 +75,20 @@ pub fn stage_values(
     Ok(())
 }
 
+/// [`stage_values`] for values outside a batch (a resume's `updates`).
+pub fn stage_loose(
+    values: Vec<super::BatchValue>,
+    files: Option<&BlobFiles>,
+    store: &Path,
+) -> Result<Vec<super::BatchValue>> {
+    let mut staged = RunBatch {
+        values,
+        ..RunBatch::default()
+    };
+    stage_values(&mut staged, files, false, store)?;
+    Ok(staged.values)
+}
+
 /// `(run_id, token)` whose batch was refused: later batches under the same lease are
 /// refused too, so a run never commits a step after a step it depends on failed to land.
 #[derive(Default, Clone)]

@@ -26,7 +26,7 @@ use crate::lease::{Lease, LeaseRequest};
 use crate::state::{Checkpoint, RunStatus, ValueRef};
 
 use super::blob_files::BlobFiles;
-use super::staging::{failpoint, stage_values, unpack, Refusals};
+use super::staging::{failpoint, stage_loose, stage_values, unpack, Refusals};
 use super::writer::Writer;
 use super::{
     checkpoints, CleanupRequest, CommitTicket, Durability, NewRun, RunBatch, RunFilter, Store,
@@ -208,10 +208,7 @@ impl Store for PgStore {
         events: Vec<EventKind>,
         values: Vec<super::BatchValue>,
     ) -> Result<Lease> {
-        let mut staged = RunBatch::new(run_id, None);
-        staged.values = values;
-        stage_values(&mut staged, self.files.as_deref(), false, &self.name)?;
-        let values = staged.values;
+        let values = stage_loose(values, self.files.as_deref(), &self.name)?;
         let run_id = run_id.to_string();
         self.writer
             .call(move |c, at| write::acquire(c, &run_id, &lease, expected_seq, events, values, at))

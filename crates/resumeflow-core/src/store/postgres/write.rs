@@ -397,16 +397,7 @@ pub fn insert_run(c: &mut PgConn, run: &NewRun, now: f64) -> Result<()> {
         "INSERT INTO run_specs (run_id, graph, inputs, labels) VALUES ($1, $2, $3, $4)",
         &[&run.run_id, &graph, &inputs, &labels],
     )?;
-    let created = EventKind::RunCreated {
-        workflow: run.graph.name().to_string(),
-        graph_hash: run.graph.structural_hash(),
-        nodes: run
-            .graph
-            .node_ids()
-            .into_iter()
-            .map(str::to_string)
-            .collect(),
-    };
+    let created = plan::run_created(&run.graph);
     let head = load_head(c, &run.run_id)?;
     let mut batch = RunBatch::new(&run.run_id, None);
     batch.events.push(created);
