@@ -596,3 +596,34 @@ fn one_leases_batches_land_in_order_and_a_refusal_refuses_the_rest() {
     let state = engine.get_current_state("o").unwrap();
     assert_eq!(state.status, resumeflow_core::RunStatus::Paused);
 }
+
+#[test]
+fn the_store_can_be_called_from_async_code_on_a_runtime_worker() {
+    // Regression (PostgreSQL): the client blocks on a runtime of its own, which panicked when
+    // started on a worker thread of another (a node's async code calling the store).
+    let store = TempStore::new();
+    let engine = store.engine();
+    let counter = Counter::new();
+    paused_chain(&engine, &counter, 2, "rt");
+    let raw = store.raw();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let events = runtime.block_on(async move {
+        tokio::spawn(async move {
+            let run = raw.load_run("rt").unwrap();
+            assert_eq!(run.state.run_id, "rt");
+            let mut batch = RunBatch::new("rt", None);
+            batch.events.push(EventKind::RunPaused);
+            raw.commit(batch).unwrap();
+            let events = raw.events("rt").unwrap().len();
+            raw.close();
+            drop(raw);
+            events
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(engine.events("rt").unwrap().len(), events);
+}

@@ -149,6 +149,18 @@ pub fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<Arc<dyn Store>
     Ok(Arc::new(store))
 }
 
+/// Runs `f`, which blocks (on a commit, or on the PostgreSQL client's own runtime), outside
+/// the tokio runtime's scheduling when called from one of its worker threads (a node's async
+/// code calling the store, say); elsewhere it just runs `f`.
+pub(crate) fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// A run to create.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -374,9 +386,11 @@ pub trait Store: Send + Sync + 'static {
     fn submit(&self, batch: RunBatch) -> CommitTicket;
     /// Queues a batch and waits for its commit.
     fn commit(&self, batch: RunBatch) -> Result<()> {
-        self.submit(batch)
-            .blocking_recv()
-            .unwrap_or(Err(crate::Error::Shutdown))
+        off_runtime(|| {
+            self.submit(batch)
+                .blocking_recv()
+                .unwrap_or(Err(crate::Error::Shutdown))
+        })
     }
     /// Records a new run as `queued` without taking its lease (`RunExists` if the id is
     /// taken); a worker claims it with [`Store::claim_run`].

@@ -26,6 +26,7 @@ use crate::lease::{Lease, LeaseRequest};
 use crate::state::{Checkpoint, RunStatus, ValueRef};
 
 use super::blob_files::BlobFiles;
+use super::off_runtime;
 use super::staging::{failpoint, stage_loose, stage_values, unpack, Refusals};
 use super::writer::Writer;
 use super::{
@@ -116,10 +117,30 @@ impl PgStore {
         .into()
     }
 
+    /// A write through the group-commit writer (`Writer::call`).
+    fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut PgConn, f64) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        off_runtime(|| self.writer.call(work))
+    }
+
+    /// A lazy write (`Writer::call_lazy`).
+    fn write_lazy<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut PgConn, f64) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        off_runtime(|| self.writer.call_lazy(work))
+    }
+
     /// Runs `f` on a reader connection from the pool (a new one if none is idle); a read
     /// that failed because its pooled connection was lost (a server restart since it was
     /// last used) runs once more on a new one: reads are safe to repeat.
     fn read<T>(&self, f: impl Fn(&mut PgConn) -> Result<T>) -> Result<T> {
+        off_runtime(|| self.read_on_pool(f))
+    }
+
+    fn read_on_pool<T>(&self, f: impl Fn(&mut PgConn) -> Result<T>) -> Result<T> {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.closed_error());
         }
@@ -194,7 +215,7 @@ impl Store for PgStore {
     }
 
     fn create_run(&self, run: NewRun, lease: LeaseRequest) -> Result<Lease> {
-        self.writer.call(move |c, at| {
+        self.write(move |c, at| {
             write::insert_run(c, &run, at)?;
             write::acquire(c, &run.run_id, &lease, None, Vec::new(), Vec::new(), at)
         })
@@ -210,13 +231,13 @@ impl Store for PgStore {
     ) -> Result<Lease> {
         let values = stage_loose(values, self.files.as_deref(), &self.name)?;
         let run_id = run_id.to_string();
-        self.writer
-            .call(move |c, at| write::acquire(c, &run_id, &lease, expected_seq, events, values, at))
+        self.write(move |c, at| {
+            write::acquire(c, &run_id, &lease, expected_seq, events, values, at)
+        })
     }
 
     fn renew_leases(&self, leases: Vec<Lease>, ttl_s: f64) -> Result<Vec<Lease>> {
-        self.writer
-            .call(move |c, at| write::renew(c, &leases, at + ttl_s))
+        self.write(move |c, at| write::renew(c, &leases, at + ttl_s))
     }
 
     fn submit(&self, mut batch: RunBatch) -> CommitTicket {
@@ -228,28 +249,30 @@ impl Store for PgStore {
         let refusals = self.refusals.clone();
         let files = self.files.clone();
         let target = self.target.clone();
-        self.writer.submit(move |c, at| {
-            refusals.check(&batch)?;
-            let missing = batch.values.iter().find(|v| {
-                v.in_file
-                    && files
-                        .as_ref()
-                        .is_none_or(|f| !f.exists(&v.value.hash, v.codec))
-            });
-            let result = match missing {
-                Some(v) => Err(target.error(format!(
-                    "blob file of value {} vanished before its commit",
-                    v.value.hex()
-                ))),
-                None => write::apply_batch(c, &batch, at),
-            };
-            refusals.record(&batch, &result);
-            result
+        off_runtime(|| {
+            self.writer.submit(move |c, at| {
+                refusals.check(&batch)?;
+                let missing = batch.values.iter().find(|v| {
+                    v.in_file
+                        && files
+                            .as_ref()
+                            .is_none_or(|f| !f.exists(&v.value.hash, v.codec))
+                });
+                let result = match missing {
+                    Some(v) => Err(target.error(format!(
+                        "blob file of value {} vanished before its commit",
+                        v.value.hex()
+                    ))),
+                    None => write::apply_batch(c, &batch, at),
+                };
+                refusals.record(&batch, &result);
+                result
+            })
         })
     }
 
     fn submit_run(&self, run: NewRun) -> Result<()> {
-        self.writer.call(move |c, at| write::submit(c, &run, at))
+        self.write(move |c, at| write::submit(c, &run, at))
     }
 
     fn claim_run(
@@ -261,14 +284,12 @@ impl Store for PgStore {
             return Ok(None);
         }
         let workflows = workflows.to_vec();
-        self.writer
-            .call(move |c, at| write::claim(c, &workflows, &lease, at))
+        self.write(move |c, at| write::claim(c, &workflows, &lease, at))
     }
 
     fn request_control(&self, run_id: &str, request: ControlRequest) -> Result<RunStatus> {
         let run_id = run_id.to_string();
-        self.writer
-            .call(move |c, at| write::request_control(c, &run_id, request, at))
+        self.write(move |c, at| write::request_control(c, &run_id, request, at))
     }
 
     fn pending_controls(&self, run_ids: &[String]) -> Result<Vec<(String, ControlRequest)>> {
@@ -277,8 +298,7 @@ impl Store for PgStore {
 
     fn requeue_run(&self, run_id: &str) -> Result<bool> {
         let run_id = run_id.to_string();
-        self.writer
-            .call(move |c, at| write::requeue(c, &run_id, at))
+        self.write(move |c, at| write::requeue(c, &run_id, at))
     }
 
     fn events_after(&self, run_id: &str, after_seq: i64, limit: usize) -> Result<Vec<Event>> {
@@ -382,8 +402,7 @@ impl Store for PgStore {
     }
 
     fn commit_after_refusal(&self, batch: RunBatch) -> Result<()> {
-        self.writer
-            .call(move |c, at| write::apply_batch(c, &batch, at))
+        self.write(move |c, at| write::apply_batch(c, &batch, at))
     }
 
     fn load_run(&self, run_id: &str) -> Result<StoredRun> {
@@ -463,7 +482,7 @@ impl Store for PgStore {
                 ),
             });
         }
-        let (deleted, files) = self.writer.call(move |c, _at| {
+        let (deleted, files) = self.write(move |c, _at| {
             let run_ids: Vec<String> = match &request.run_id {
                 Some(id) => vec![id.clone()],
                 None => read::filtered_ids(c, &RunFilter::default())?,
@@ -534,8 +553,10 @@ impl Store for PgStore {
 
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.writer.close();
-        self.readers.lock().expect("reader pool").clear();
+        off_runtime(|| {
+            self.writer.close();
+            self.readers.lock().expect("reader pool").clear();
+        });
     }
 
     fn stage_file(&self, segments: &[&[u8]]) -> Result<Option<ValueRef>> {
@@ -559,6 +580,9 @@ impl Store for PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        self.writer.close();
+        off_runtime(|| {
+            self.writer.close();
+            self.readers.lock().expect("reader pool").clear();
+        });
     }
 }

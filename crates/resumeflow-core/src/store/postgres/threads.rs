@@ -193,7 +193,7 @@ fn filter_clause(value: &FilterValue, next: usize) -> String {
 
 impl ThreadStore for PgStore {
     fn put_checkpoint(&self, cp: NewThreadCheckpoint) -> Result<()> {
-        self.writer.call(move |c, _| {
+        self.write(move |c, _| {
             let mut replaced = HashSet::new();
             for (channel, version, value) in &cp.new_values {
                 let hash = value.as_ref().map(|v| store_value(c, v)).transpose()?;
@@ -244,7 +244,7 @@ impl ThreadStore for PgStore {
 
     fn put_writes(&self, w: NewThreadWrites) -> Result<()> {
         // Pending writes ride on the next checkpoint's WAL flush (see `ThreadStore::put_writes`).
-        self.writer.call_lazy(move |c, _| {
+        self.write_lazy(move |c, _| {
             let mut replaced = HashSet::new();
             for (idx, channel, value) in &w.writes {
                 let hash = value_hash(value);
@@ -384,7 +384,7 @@ impl ThreadStore for PgStore {
 
     fn delete_threads(&self, thread_ids: &[String]) -> Result<usize> {
         let thread_ids = thread_ids.to_vec();
-        self.writer.call(move |c, _| {
+        self.write(move |c, _| {
             let mut candidates = HashSet::new();
             for r in c.rows(
                 "DELETE FROM thread_channel_values WHERE thread_id = ANY($1) RETURNING hash",
@@ -409,7 +409,7 @@ impl ThreadStore for PgStore {
 
     fn delete_runs(&self, run_ids: &[String]) -> Result<usize> {
         let run_ids = run_ids.to_vec();
-        self.writer.call(move |c, _| {
+        self.write(move |c, _| {
             let deleted: Vec<CheckpointKey> = c
                 .rows(
                     "DELETE FROM thread_checkpoints WHERE run_id = ANY($1)
@@ -426,7 +426,7 @@ impl ThreadStore for PgStore {
 
     fn copy_thread(&self, source: &str, target: &str) -> Result<usize> {
         let (source, target) = (source.to_string(), target.to_string());
-        self.writer.call(move |c, _| {
+        self.write(move |c, _| {
             c.exec(
                 "INSERT INTO thread_channel_values (thread_id, checkpoint_ns, channel, version, hash)
                  SELECT $2, checkpoint_ns, channel, version, hash FROM thread_channel_values WHERE thread_id = $1
@@ -462,7 +462,7 @@ impl ThreadStore for PgStore {
             return self.delete_threads(thread_ids);
         }
         let thread_ids = thread_ids.to_vec();
-        self.writer.call(move |c, _| {
+        self.write(move |c, _| {
             let deleted: Vec<CheckpointKey> = c
                 .rows(
                     "DELETE FROM thread_checkpoints t WHERE t.thread_id = ANY($1) AND t.checkpoint_id <
