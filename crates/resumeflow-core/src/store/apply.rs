@@ -499,13 +499,7 @@ pub fn acquire(
 ) -> Result<Lease> {
     let mut head = load_head(conn, path, run_id)?;
     let token = plan::take_lease(&mut head, request, now)?;
-    let mut batch = RunBatch::new(run_id, Some(token));
-    batch.events.push(EventKind::LeaseAcquired {
-        owner: request.owner.clone(),
-        token,
-    });
-    batch.events.extend(events);
-    batch.values = values;
+    let batch = plan::lease_batch(run_id, &request.owner, token, events, values);
     append_all(conn, path, head, &batch, now)?;
     Ok(Lease {
         run_id: run_id.to_string(),

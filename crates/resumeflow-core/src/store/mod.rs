@@ -335,6 +335,42 @@ pub struct RunFilter {
     pub offset: usize,
 }
 
+/// The runs of `filter` from the ids its SQL part selected, in order: labels checked on the
+/// loaded run, `offset` skipped (without loading when no label is asked for), at most
+/// `limit` kept. Shared by every store; `load` reads one run.
+pub fn page_runs(
+    ids: impl IntoIterator<Item = Result<String>>,
+    filter: &RunFilter,
+    mut load: impl FnMut(&str) -> Result<StoredRun>,
+) -> Result<Vec<StoredRun>> {
+    let mut out = Vec::new();
+    let mut skip = filter.offset;
+    for id in ids {
+        if filter.limit.is_some_and(|limit| out.len() >= limit) {
+            break;
+        }
+        let id = id?;
+        if filter.labels.is_empty() && skip > 0 {
+            skip -= 1; // skipped without loading it
+            continue;
+        }
+        let run = load(&id)?;
+        let labelled = filter
+            .labels
+            .iter()
+            .all(|(k, v)| run.state.labels.get(k) == Some(v));
+        if !labelled {
+            continue;
+        }
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        out.push(run);
+    }
+    Ok(out)
+}
+
 /// What a `cleanup` call should delete.
 #[derive(Debug, Clone)]
 pub struct CleanupRequest {

@@ -72,6 +72,25 @@ pub fn run_created(graph: &crate::graph::Graph) -> EventKind {
     }
 }
 
+/// The batch that takes a lease: `LeaseAcquired` under the new token, then `events` and the
+/// `values` they reference.
+pub fn lease_batch(
+    run_id: &str,
+    owner: &str,
+    token: i64,
+    events: Vec<EventKind>,
+    values: Vec<crate::store::BatchValue>,
+) -> crate::store::RunBatch {
+    let mut batch = crate::store::RunBatch::new(run_id, Some(token));
+    batch.events.push(EventKind::LeaseAcquired {
+        owner: owner.to_string(),
+        token,
+    });
+    batch.events.extend(events);
+    batch.values = values;
+    batch
+}
+
 /// The nodes `events` name: the node rows a store reads before planning.
 pub fn nodes_named(events: &[EventKind]) -> BTreeSet<String> {
     events

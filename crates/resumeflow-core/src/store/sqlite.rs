@@ -722,32 +722,9 @@ impl Store for SqliteStore {
                     |r| r.get::<_, String>(0),
                 )
                 .map_err(&map)?;
-            let mut out = Vec::new();
-            let mut skip = filter.offset;
-            for id in ids {
-                if filter.limit.is_some_and(|limit| out.len() >= limit) {
-                    break;
-                }
-                let id = id.map_err(&map)?;
-                if filter.labels.is_empty() && skip > 0 {
-                    skip -= 1; // skipped without loading it
-                    continue;
-                }
-                let run = self.stored_run(conn, &id, true)?;
-                let labelled = filter
-                    .labels
-                    .iter()
-                    .all(|(k, v)| run.state.labels.get(k) == Some(v));
-                if !labelled {
-                    continue;
-                }
-                if skip > 0 {
-                    skip -= 1;
-                    continue;
-                }
-                out.push(run);
-            }
-            Ok(out)
+            super::page_runs(ids.map(|id| id.map_err(&map)), filter, |id| {
+                self.stored_run(conn, id, true)
+            })
         })
     }
 

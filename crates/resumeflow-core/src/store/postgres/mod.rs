@@ -311,31 +311,9 @@ impl Store for PgStore {
     fn list_runs_filtered(&self, filter: &RunFilter) -> Result<Vec<StoredRun>> {
         self.read_snapshot(|c| {
             let ids = read::filtered_ids(c, filter)?;
-            let mut out = Vec::new();
-            let mut skip = filter.offset;
-            for id in ids {
-                if filter.limit.is_some_and(|limit| out.len() >= limit) {
-                    break;
-                }
-                if filter.labels.is_empty() && skip > 0 {
-                    skip -= 1; // skipped without loading it
-                    continue;
-                }
-                let run = read::stored_run(c, &id, true)?;
-                if !filter
-                    .labels
-                    .iter()
-                    .all(|(k, v)| run.state.labels.get(k) == Some(v))
-                {
-                    continue;
-                }
-                if skip > 0 {
-                    skip -= 1;
-                    continue;
-                }
-                out.push(run);
-            }
-            Ok(out)
+            super::page_runs(ids.into_iter().map(Ok), filter, |id| {
+                read::stored_run(c, id, true)
+            })
         })
     }
 
