@@ -12,6 +12,8 @@
 //! tasks writing at once never see "database is locked". Everything here is bytes and
 //! strings: this crate still knows nothing of Python.
 
+use bytes::Bytes;
+
 use crate::error::Result;
 
 /// A serialized value with the tag its serializer gave it (LangGraph's `dumps_typed`).
@@ -19,8 +21,9 @@ use crate::error::Result;
 pub struct TypedBytes {
     /// The serializer's type tag (`"msgpack"`, `"json"`, `"bytes"`, …).
     pub type_tag: String,
-    /// The serialized bytes.
-    pub data: Vec<u8>,
+    /// The serialized bytes, shared, not copied (a binding can lend the caller's buffer:
+    /// a large channel value then crosses into the store without a copy).
+    pub data: Bytes,
 }
 
 impl TypedBytes {
@@ -31,10 +34,10 @@ impl TypedBytes {
     /// let v = TypedBytes::new("json", b"1".to_vec());
     /// assert_eq!(v.type_tag, "json");
     /// ```
-    pub fn new(type_tag: impl Into<String>, data: Vec<u8>) -> Self {
+    pub fn new(type_tag: impl Into<String>, data: impl Into<Bytes>) -> Self {
         Self {
             type_tag: type_tag.into(),
-            data,
+            data: data.into(),
         }
     }
 }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 use resumeflow_core::threads::{
     FilterValue, NewThreadCheckpoint, NewThreadWrites, PruneStrategy, ThreadCheckpoint,
@@ -32,8 +34,10 @@ type PyCheckpoint<'py> = (
     Vec<(String, String)>,
 );
 
+/// The serializer's bytes, lent to the store (the `bytes` object is kept alive, not copied).
 fn typed(value: &PyTyped<'_>) -> TypedBytes {
-    TypedBytes::new(value.0.clone(), value.1.as_bytes().to_vec())
+    let lent = PyBackedBytes::from(value.1.clone());
+    TypedBytes::new(value.0.clone(), Bytes::from_owner(lent))
 }
 
 fn py_typed<'py>(py: Python<'py>, value: &TypedBytes) -> PyTyped<'py> {

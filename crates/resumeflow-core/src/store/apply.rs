@@ -292,10 +292,31 @@ fn load_named_nodes(
 }
 
 /// Values at least this large are written into their row in chunks (incremental blob I/O)
-/// rather than bound whole: binding copies the value, and building the record copies it again.
-const STREAMED_VALUE: usize = 1 << 20;
+/// rather than bound whole: binding copies the value, and building the record copies it again
+/// (two fresh allocations of its size, whose pages the kernel zeroes first).
+pub(super) const STREAMED_VALUE: usize = 1 << 20;
 /// The size of each write of a streamed value.
 const STREAM_CHUNK: usize = 1 << 20;
+
+/// Writes `bytes` into the `column` of the row `rowid` of `table`, which was just inserted
+/// with `zeroblob(bytes.len())` there, in 1 MiB chunks.
+pub(super) fn write_into_row(
+    conn: &Connection,
+    path: &Path,
+    table: &str,
+    column: &str,
+    rowid: i64,
+    bytes: &[u8],
+) -> Result<()> {
+    let map = sql(path);
+    let mut blob = conn
+        .blob_open(rusqlite::MAIN_DB, table, column, rowid, false)
+        .map_err(&map)?;
+    for (i, chunk) in bytes.chunks(STREAM_CHUNK).enumerate() {
+        blob.write_at(chunk, i * STREAM_CHUNK).map_err(&map)?;
+    }
+    Ok(())
+}
 
 /// Inserts a large value's row with a zero-filled `data` of its length, then writes the bytes
 /// into it in 1 MiB chunks (nothing if the value is stored already).
@@ -318,19 +339,14 @@ fn insert_streamed(conn: &Connection, path: &Path, v: &super::BatchValue) -> Res
     if inserted == 0 {
         return Ok(());
     }
-    let mut blob = conn
-        .blob_open(
-            rusqlite::MAIN_DB,
-            "blobs",
-            "data",
-            conn.last_insert_rowid(),
-            false,
-        )
-        .map_err(&map)?;
-    for (i, chunk) in v.bytes.chunks(STREAM_CHUNK).enumerate() {
-        blob.write_at(chunk, i * STREAM_CHUNK).map_err(&map)?;
-    }
-    Ok(())
+    write_into_row(
+        conn,
+        path,
+        "blobs",
+        "data",
+        conn.last_insert_rowid(),
+        &v.bytes,
+    )
 }
 
 pub(super) fn append_all(

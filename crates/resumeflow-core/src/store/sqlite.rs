@@ -69,6 +69,10 @@ fn unusable(path: &Path, message: impl ToString) -> Error {
     .into()
 }
 
+/// How many dirty pages (4 KiB) a write transaction keeps in memory before it spills them to
+/// the WAL: 256 MiB. Spilled pages that the transaction changes again are written twice.
+const WRITER_SPILL_PAGES: u32 = 65_536;
+
 /// Sets `PRAGMA max_page_count` to `max_bytes` less `reserve` pages.
 fn set_page_cap(conn: &Connection, path: &Path, max_bytes: u64, reserve: i64) -> Result<()> {
     let page: i64 = conn
@@ -221,9 +225,13 @@ impl SqliteStore {
             Durability::Batched => "NORMAL",
             Durability::Off => "OFF",
         };
+        // A transaction's dirty pages stay in the writer's cache up to WRITER_SPILL_PAGES
+        // (past the default 2 MiB cache): a large value inserted as a zeroblob and then
+        // written in chunks (`apply::write_into_row`) is not sent to the WAL twice.
         writer_conn
             .execute_batch(&format!(
-                "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY;"
+                "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY; \
+                 PRAGMA cache_spill = {WRITER_SPILL_PAGES};"
             ))
             .map_err(sql(&path))?;
         match existing {

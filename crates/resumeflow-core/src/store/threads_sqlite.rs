@@ -16,7 +16,7 @@ use crate::threads::{
     PruneStrategy, ThreadCheckpoint, ThreadQuery, ThreadStore, TypedBytes,
 };
 
-use super::apply::{corrupt, sql};
+use super::apply::{corrupt, sql, write_into_row, STREAMED_VALUE};
 use super::sqlite::SqliteStore;
 
 type Hash = Vec<u8>;
@@ -36,14 +36,29 @@ fn json_path(key: &str) -> String {
     path
 }
 
-/// Stores the bytes once; returns their hash.
+/// Stores the bytes once; returns their hash. A large value is written into its row in
+/// chunks, not bound whole (see [`STREAMED_VALUE`]): a channel that grows at every step
+/// would otherwise make each put pay two fresh allocations of its full size.
 fn store_value(conn: &Connection, path: &Path, value: &TypedBytes) -> Result<Hash> {
     let hash = value_hash(value);
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO thread_values (hash, type, data) VALUES (?1, ?2, ?3)",
-    )
-    .and_then(|mut st| st.execute(params![hash, value.type_tag, value.data]))
-    .map_err(sql(path))?;
+    if value.data.len() < STREAMED_VALUE {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO thread_values (hash, type, data) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut st| st.execute(params![hash, value.type_tag, &value.data[..]]))
+        .map_err(sql(path))?;
+        return Ok(hash);
+    }
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO thread_values (hash, type, data) VALUES (?1, ?2, zeroblob(?3))",
+        )
+        .and_then(|mut st| st.execute(params![hash, value.type_tag, value.data.len() as i64]))
+        .map_err(sql(path))?;
+    if inserted > 0 {
+        let rowid = conn.last_insert_rowid();
+        write_into_row(conn, path, "thread_values", "data", rowid, &value.data)?;
+    }
     Ok(hash)
 }
 
@@ -214,8 +229,8 @@ fn header_from_row(r: &Row<'_>) -> rusqlite::Result<Header> {
             checkpoint_ns: r.get(1)?,
             checkpoint_id: r.get(2)?,
             parent_id: r.get(3)?,
-            checkpoint: TypedBytes::new(r.get::<_, String>(4)?, r.get(5)?),
-            metadata: TypedBytes::new(r.get::<_, String>(6)?, r.get(7)?),
+            checkpoint: TypedBytes::new(r.get::<_, String>(4)?, r.get::<_, Vec<u8>>(5)?),
+            metadata: TypedBytes::new(r.get::<_, String>(6)?, r.get::<_, Vec<u8>>(7)?),
             versions: Vec::new(),
             values: Vec::new(),
             writes: Vec::new(),
@@ -240,7 +255,12 @@ fn load_contents(conn: &Connection, path: &Path, header: Header) -> Result<Threa
             let value = st
                 .query_row(
                     params![cp.thread_id, cp.checkpoint_ns, channel, version],
-                    |r| Ok(TypedBytes::new(r.get::<_, String>(0)?, r.get(1)?)),
+                    |r| {
+                        Ok(TypedBytes::new(
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                        ))
+                    },
                 )
                 .optional()
                 .map_err(sql(path))?;
@@ -263,7 +283,7 @@ fn load_contents(conn: &Connection, path: &Path, header: Header) -> Result<Threa
                     Ok(PendingWrite {
                         task_id: r.get(0)?,
                         channel: r.get(1)?,
-                        value: TypedBytes::new(r.get::<_, String>(2)?, r.get(3)?),
+                        value: TypedBytes::new(r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?),
                         task_path: r.get(4)?,
                     })
                 },
@@ -334,9 +354,9 @@ impl ThreadStore for SqliteStore {
                     cp.parent_id,
                     cp.run_id,
                     cp.checkpoint.type_tag,
-                    cp.checkpoint.data,
+                    &cp.checkpoint.data[..],
                     cp.metadata.type_tag,
-                    cp.metadata.data,
+                    &cp.metadata.data[..],
                     encode_versions(&cp.versions),
                     cp.metadata_json,
                 ])

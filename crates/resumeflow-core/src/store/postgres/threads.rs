@@ -28,7 +28,7 @@ fn store_value(c: &mut PgConn, value: &TypedBytes) -> Result<Hash> {
     let hash = value_hash(value);
     c.exec(
         "INSERT INTO thread_values (hash, type, data) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
-        &[&hash, &value.type_tag, &value.data],
+        &[&hash, &value.type_tag, &&value.data[..]],
     )?;
     Ok(hash)
 }
@@ -117,8 +117,8 @@ fn header(c: &PgConn, r: &Row) -> Result<ThreadCheckpoint> {
         checkpoint_ns: r.get(1),
         checkpoint_id: r.get(2),
         parent_id: r.get(3),
-        checkpoint: TypedBytes::new(r.get::<_, String>(4), r.get(5)),
-        metadata: TypedBytes::new(r.get::<_, String>(6), r.get(7)),
+        checkpoint: TypedBytes::new(r.get::<_, String>(4), r.get::<_, Vec<u8>>(5)),
+        metadata: TypedBytes::new(r.get::<_, String>(6), r.get::<_, Vec<u8>>(7)),
         versions: versions_of(c, r.get(8))?,
         values: Vec::new(),
         writes: Vec::new(),
@@ -141,7 +141,12 @@ fn load_contents(c: &mut PgConn, mut cp: ThreadCheckpoint) -> Result<ThreadCheck
         )?;
         cp.values = rows
             .iter()
-            .map(|r| (r.get(0), TypedBytes::new(r.get::<_, String>(1), r.get(2))))
+            .map(|r| {
+                (
+                    r.get(0),
+                    TypedBytes::new(r.get::<_, String>(1), r.get::<_, Vec<u8>>(2)),
+                )
+            })
             .collect();
     }
     let rows = c.rows(
@@ -156,7 +161,7 @@ fn load_contents(c: &mut PgConn, mut cp: ThreadCheckpoint) -> Result<ThreadCheck
         .map(|r| PendingWrite {
             task_id: r.get(0),
             channel: r.get(1),
-            value: TypedBytes::new(r.get::<_, String>(2), r.get(3)),
+            value: TypedBytes::new(r.get::<_, String>(2), r.get::<_, Vec<u8>>(3)),
             task_path: r.get(4),
         })
         .collect();
@@ -231,9 +236,9 @@ impl ThreadStore for PgStore {
                     &cp.parent_id,
                     &cp.run_id,
                     &cp.checkpoint.type_tag,
-                    &cp.checkpoint.data,
+                    &&cp.checkpoint.data[..],
                     &cp.metadata.type_tag,
-                    &cp.metadata.data,
+                    &&cp.metadata.data[..],
                     &encode_versions(&cp.versions),
                     &metadata_json,
                 ],
