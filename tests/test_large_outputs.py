@@ -6,6 +6,7 @@ GPU tensors, and a 1 GiB tensor."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -286,3 +287,54 @@ def test_a_gpu_tensor_is_stored_in_a_blob_file_and_restored_to_the_gpu(db):
     assert got.device.type == "cuda"
     assert torch.equal(got, live)
     assert len(blob_files(db)) == 1
+
+
+
+def _address(part: object) -> int | None:
+    """The address of a writable buffer's first byte (None for read-only or empty ones)."""
+    import ctypes
+
+    view = memoryview(part).cast("B")  # type: ignore[arg-type]
+    if view.readonly or not view.nbytes:
+        return None
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+def test_a_large_tensor_dict_partial_state_goes_to_a_blob_file_unjoined_and_loads_exactly(tmp_path):
+    # Issue 18, W4: a dict of tensors is encoded as views of the tensors' own memory (no
+    # joined copy) and saved from those views into one blob file, by a node's context and by
+    # the operator API; what loads back is bit-exact, writable, and not the saver's memory.
+    from resumeflow import _codec
+
+    state = {"w": torch.arange(3 * MiB // 4, dtype=torch.float32), "b": torch.ones(7, dtype=torch.int8)}
+    parts = _codec.encode_parts(state)
+    assert state["w"].data_ptr() in {_address(p) for p in parts}, "the tensor's memory is a part"
+    assert b"".join(bytes(memoryview(p)) for p in parts) == _codec.encode(state)
+
+    db = str(tmp_path / "s.db")
+    wf = rf.Workflow("w4parts")
+    seen: list[tuple[bool, bool]] = []
+
+    @wf.node(retry=rf.RetryPolicy(max_attempts=2, initial_interval=0.01))
+    def holder(ctx: rf.NodeContext) -> float:
+        saved = ctx.load_partial_state()
+        if saved is None:
+            ctx.save_partial_state({"w": state["w"], "b": state["b"] * 2})
+            raise ConnectionError("dropped: the retry resumes from the saved state")
+        seen.append((torch.equal(saved["w"], state["w"]), saved["w"].data_ptr() != state["w"].data_ptr()))
+        return float(saved["w"][-1]) + float(saved["b"].sum())
+
+    with rf.Engine(db, blob_file_threshold=MiB) as engine:
+        run = engine.run(wf, run_id="p")
+        assert run.status == "completed", run.error
+        assert seen == [(True, True)]
+        engine.save_partial_state("p", "holder", state)
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("SELECT length(data), file_size FROM partial_states").fetchone()
+        assert row == (0, len(_codec.encode(state))), "the state is a blob file, not a row"
+        got = engine.get_partial_state("p", "holder")
+        assert torch.equal(got["w"], state["w"]) and torch.equal(got["b"], state["b"])
+        got["w"][0] = -1.0  # writable, and its own memory
+        assert state["w"][0] == 0.0
+        assert torch.equal(engine.get_partial_state("p", "holder")["w"], state["w"])
+        assert engine.check_integrity() == "ok"

@@ -237,7 +237,20 @@ def _tensor_from(dtype: str, shape: list[int], device: str, raw: bytes | memoryv
     return t
 
 
-def _safetensors_pack(tensors: dict[str, Any]) -> bytes:
+class _Pieces(list):  # type: ignore[type-arg]
+    """One frame made of several buffers (a tensor dict's header, then each tensor's memory),
+    placed one after another in the encoding and never joined."""
+
+    __slots__ = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(p) for p in self)
+
+
+def _safetensors_pieces(tensors: dict[str, Any]) -> _Pieces:
+    """A tensor dict in the safetensors layout: the length-prefixed header, then views of the
+    tensors' own memory, to be written one after another."""
     header: dict[str, Any] = {}
     devices: dict[str, str] = {}
     chunks: list[bytes | memoryview] = []
@@ -261,7 +274,7 @@ def _safetensors_pack(tensors: dict[str, Any]) -> bytes:
     header["__metadata__"] = {"resumeflow.devices": json.dumps(devices)}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    return b"".join([struct.pack("<Q", len(blob)), blob, *chunks])
+    return _Pieces([struct.pack("<Q", len(blob)) + blob, *chunks])
 
 
 def _itemsize(dtype: str) -> int:
@@ -304,7 +317,7 @@ def _is_tensor_dict(obj: dict[Any, Any]) -> bool:
 
 def _frame(frames: list[Any], buf: Any) -> int | None:
     """Appends ``buf`` as a frame and returns its index, if it is large enough to be one."""
-    if len(buf) < _FRAME_MIN:
+    if (buf.nbytes if type(buf) is _Pieces else len(buf)) < _FRAME_MIN:
         return None
     frames.append(buf)
     return len(frames) - 1
@@ -352,11 +365,11 @@ def _prepare(obj: Any, depth: int, walk: _Walk) -> Any:
     if kind is dict:
         if _is_tensor_dict(obj):
             walk.leaves.append(obj)
-            packed = _safetensors_pack(obj)
-            index = _frame(walk.frames, packed)
+            pieces = _safetensors_pieces(obj)
+            index = _frame(walk.frames, pieces)
             if index is not None:
                 return msgpack.ExtType(_EXT_SAFETENSORS_FRAME, msgpack.packb(index))
-            return msgpack.ExtType(_EXT_SAFETENSORS, packed)
+            return msgpack.ExtType(_EXT_SAFETENSORS, b"".join(pieces))
         out = {}
         k = None
         try:
@@ -538,7 +551,7 @@ def encode_parts(obj: Any, *, node: str | None = None, what: str = "output") -> 
     pos = len(magic) + len(prefix) + len(document)
     for frame, n in zip(frames, lengths, strict=True):
         pad = -pos % _ALIGN  # every frame starts aligned (tensor views need it)
-        parts += [b"\0" * pad, frame]
+        parts += [b"\0" * pad, *frame] if type(frame) is _Pieces else [b"\0" * pad, frame]
         pos += pad + n
     return parts
 

@@ -33,7 +33,8 @@ class NodeContext:
 
     def save_partial_state(self, obj: Any) -> None:
         """Saves ``obj`` (any encodable value) as this node's progress, durably."""
-        self._core.save_partial_state(_codec.encode(obj, node=self.node_id, what="partial_state"))
+        # As parts: a large state's tensor memory goes to its blob file without being joined.
+        self._core.save_partial_state_parts(_codec.encode_parts(obj, node=self.node_id, what="partial_state"))
 
     def load_partial_state(self) -> Any:
         """The progress saved by an earlier attempt, or None."""

@@ -702,7 +702,8 @@ class Engine:
 
     def save_partial_state(self, run_id: str, node_id: str, state: Any) -> None:
         """Stores a node's own progress (as ``ctx.save_partial_state`` does)."""
-        self._core.save_partial_state(run_id, node_id, _codec.encode(state, node=node_id, what="partial_state"))
+        parts = _codec.encode_parts(state, node=node_id, what="partial_state")
+        self._core.save_partial_state_parts(run_id, node_id, parts)
 
     def get_partial_state(self, run_id: str, node_id: str) -> Any:
         """A node's saved progress, or None."""

@@ -680,6 +680,26 @@ impl Engine {
         self.inner.store.commit(batch)
     }
 
+    /// As [`Engine::save_partial_state`], for a state given as parts whose concatenation is
+    /// its encoding: a large one goes to a blob file without being joined.
+    pub fn save_partial_state_parts(
+        &self,
+        run_id: &str,
+        node_id: &str,
+        parts: &[&[u8]],
+    ) -> Result<()> {
+        self.require_node_of_run(run_id, node_id)?;
+        let batch = crate::executor::partial_state_batch(
+            self.inner.store.as_ref(),
+            run_id,
+            None,
+            node_id,
+            None,
+            parts,
+        )?;
+        self.inner.store.commit(batch)
+    }
+
     /// A node's saved progress, if any.
     pub fn get_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>> {
         self.require_node_of_run(run_id, node_id)?;

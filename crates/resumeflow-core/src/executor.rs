@@ -221,6 +221,24 @@ impl NodeContext {
         self.store.stage_file(segments)
     }
 
+    /// As [`Self::save_partial_state`], for a state given as parts whose concatenation is
+    /// its encoding (a tensor's memory among them): at or above the store's blob-file
+    /// threshold the parts go straight to a blob file, never joined; smaller ones are joined
+    /// (one copy) and saved inline. A file left by an attempt that then fails to commit is
+    /// collected like any unreferenced blob file.
+    pub fn save_partial_state_parts(&self, parts: &[&[u8]]) -> Result<()> {
+        self.check_current()?;
+        let batch = partial_state_batch(
+            self.store.as_ref(),
+            &self.run_id,
+            Some(self.lease.token),
+            &self.node_id,
+            Some(self.attempt),
+            parts,
+        )?;
+        self.store.commit(batch)
+    }
+
     /// Async form of [`Self::save_partial_state`].
     pub async fn save_partial_state_async(&self, state: Vec<u8>) -> Result<()> {
         self.check_current()?;
@@ -268,6 +286,32 @@ impl NodeContext {
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
     }
+}
+
+/// The batch that saves `parts` (whose concatenation is the encoded state) as `node`'s
+/// partial state: written to a blob file first (durable before the commit that references
+/// it) when the store keeps files that large, else joined and stored inline.
+pub(crate) fn partial_state_batch(
+    store: &dyn Store,
+    run_id: &str,
+    token: Option<i64>,
+    node: &str,
+    attempt: Option<u32>,
+    parts: &[&[u8]],
+) -> Result<RunBatch> {
+    let mut batch = RunBatch::new(run_id, token);
+    batch.events.push(EventKind::PartialStateSaved {
+        node: node.to_string(),
+        size: parts.iter().map(|p| p.len() as u64).sum(),
+        attempt,
+    });
+    match store.stage_file(parts)? {
+        Some(file) => batch.partial_files.push((node.to_string(), file)),
+        None => batch
+            .partial_states
+            .push((node.to_string(), parts.concat())),
+    }
+    Ok(batch)
 }
 
 /// One attempt of one node.

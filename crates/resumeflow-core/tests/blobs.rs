@@ -313,3 +313,54 @@ fn a_large_partial_state_is_a_blob_file_replaced_files_are_removed_and_a_rerun_d
         .unwrap();
     assert!(blob_files(&path).is_empty(), "no file left behind");
 }
+
+#[test]
+fn a_partial_state_given_as_parts_is_written_unjoined_to_a_file_or_joined_inline() {
+    // `save_partial_state_parts` (what Python uses: the codec's header and tensor buffers):
+    // at the threshold the parts go to one blob file whose bytes are their concatenation;
+    // below it they are joined into the row.
+    let store = TempStore::sqlite();
+    let path = store.path();
+    let engine = engine(&path, 64 << 10);
+    let state = start(&engine, executor(16, Arc::default(), false));
+    let run = state.run_id.clone();
+    let (head, body, tail) = (noise(100), noise(1 << 20), vec![3u8; 17]);
+    engine
+        .save_partial_state_parts(&run, "big", &[&head, &body, &tail])
+        .unwrap();
+    let joined = [head.as_slice(), &body, &tail].concat();
+    assert_eq!(blob_files(&path).len(), 1, "at the threshold: a file");
+    assert_eq!(rows(&path, "SELECT length(data) FROM partial_states"), 0);
+    assert_eq!(
+        rows(&path, "SELECT file_size FROM partial_states"),
+        joined.len() as i64
+    );
+    assert_eq!(
+        engine.get_partial_state(&run, "big").unwrap().unwrap(),
+        joined
+    );
+    engine
+        .save_partial_state_parts(&run, "copy", &[b"ab", b"", b"c"])
+        .unwrap();
+    assert_eq!(
+        engine.get_partial_state(&run, "copy").unwrap().unwrap(),
+        b"abc"
+    );
+    assert_eq!(blob_files(&path).len(), 1, "below the threshold: inline");
+    let saved: Vec<u64> = engine
+        .events(&run)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            resumeflow_core::EventKind::PartialStateSaved { size, .. } => Some(size),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        saved,
+        vec![joined.len() as u64, 3],
+        "each event has the state's size"
+    );
+    assert_eq!(engine.check_integrity().unwrap(), "ok");
+    engine.close();
+}

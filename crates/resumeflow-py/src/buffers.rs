@@ -3,6 +3,22 @@
 //! being copied into a `bytes` object first.
 
 use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+
+/// The byte buffers of `parts` (bytes, memoryviews, tensor and array memory), each checked to
+/// be C-contiguous; `what` names the caller in the error.
+pub fn contiguous(parts: &[Bound<'_, PyAny>], what: &str) -> PyResult<Vec<PyBuffer<u8>>> {
+    let buffers = parts
+        .iter()
+        .map(PyBuffer::<u8>::get)
+        .collect::<PyResult<Vec<_>>>()?;
+    if let Some(i) = buffers.iter().position(|b| !b.is_c_contiguous()) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{what}: part {i} is not a contiguous buffer"
+        )));
+    }
+    Ok(buffers)
+}
 
 /// The concatenation of `segments` in one shared allocation: one copy of an encoded value
 /// given as parts (msgpack header + frames), where joining them in Python and then copying

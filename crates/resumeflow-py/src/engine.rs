@@ -306,14 +306,32 @@ impl PyEngine {
         })
     }
 
+    /// Saves a node's progress given as parts (`_codec.encode_parts`): a large state's
+    /// tensor memory goes to a blob file with the GIL released, never joined or copied.
+    fn save_partial_state_parts(
+        &self,
+        py: Python<'_>,
+        run_id: &str,
+        node_id: &str,
+        parts: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let buffers = crate::buffers::contiguous(&parts, "save_partial_state_parts")?;
+        let segments = crate::buffers::segments(&buffers);
+        detached(py, || {
+            self.engine
+                .save_partial_state_parts(run_id, node_id, &segments)
+        })
+    }
+
     fn get_partial_state<'py>(
         &self,
         py: Python<'py>,
         run_id: &str,
         node_id: &str,
-    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    ) -> PyResult<Option<Bound<'py, PyByteArray>>> {
         let state = detached(py, || self.engine.get_partial_state(run_id, node_id))?;
-        Ok(state.map(|b| PyBytes::new(py, &b)))
+        // Writable: decoded tensors and arrays share its memory instead of copying it.
+        Ok(state.map(|b| PyByteArray::new(py, &b)))
     }
 
     fn history<'py>(&self, py: Python<'py>, run_id: &str) -> PyResult<Bound<'py, PyList>> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 use resumeflow_core::{
     LiveObject, NodeContext, NodeExecutor, NodeFailure, NodeFuture, NodeOutput, NodeTask,
     NodeValue, ValueRef,
@@ -325,9 +325,13 @@ impl PyNodeContext {
     }
 
     /// The encoded progress saved earlier, or None.
-    fn load_partial_state<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    fn load_partial_state<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<Bound<'py, PyByteArray>>> {
         let loaded = detached(py, || self.inner.load_partial_state())?;
-        Ok(loaded.map(|b| PyBytes::new(py, &b)))
+        // Writable: decoded tensors and arrays share its memory instead of copying it.
+        Ok(loaded.map(|b| PyByteArray::new(py, &b)))
     }
 
     /// Extends the run's lease now.
@@ -340,18 +344,23 @@ impl PyNodeContext {
         py: Python<'py>,
         parts: Vec<Bound<'py, PyAny>>,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, u64)>> {
-        let buffers = parts
-            .iter()
-            .map(PyBuffer::<u8>::get)
-            .collect::<PyResult<Vec<_>>>()?;
-        if let Some(i) = buffers.iter().position(|b| !b.is_c_contiguous()) {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "stage_file: part {i} is not a contiguous buffer"
-            )));
-        }
+        let buffers = crate::buffers::contiguous(&parts, "stage_file")?;
         let segments = crate::buffers::segments(&buffers);
         let staged = detached(py, || self.inner.stage_file(&segments))?;
         Ok(staged.map(|v| (PyBytes::new(py, &v.hash), v.size)))
+    }
+
+    /// Saves encoded progress given as parts (`_codec.encode_parts`), durably: a large
+    /// state's tensor memory goes to a blob file with the GIL released, without being joined
+    /// into a `bytes` object or copied into Rust first.
+    fn save_partial_state_parts(
+        &self,
+        py: Python<'_>,
+        parts: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let buffers = crate::buffers::contiguous(&parts, "save_partial_state_parts")?;
+        let segments = crate::buffers::segments(&buffers);
+        detached(py, || self.inner.save_partial_state_parts(&segments))
     }
 
     fn heartbeat(&self, py: Python<'_>) -> PyResult<()> {
