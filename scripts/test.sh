@@ -68,4 +68,10 @@ SMOKE=$(mktemp)
   exit 1
 }
 tail -n 3 "$SMOKE"
+# The LangGraph saver's parity workloads (issue 21: L large values, F filter scan, G growing list).
+"$VENV/bin/python" benches/langgraph_saver_parity.py --quick > "$SMOKE" 2>&1 || {
+  cat "$SMOKE"
+  exit 1
+}
+tail -n 5 "$SMOKE"
 rm -f "$SMOKE"
