@@ -102,6 +102,7 @@ class Workflow:
         self.name = name
         self._nodes: dict[str, NodeDef] = {}
         self._graph: CoreGraph | None = None
+        self._input_names: list[str] | None = None  # cached with the graph
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, nodes={list(self._nodes)})"
@@ -202,6 +203,7 @@ class Workflow:
             is_async_generator=inspect.isasyncgenfunction(fn),
         )
         self._graph = None
+        self._input_names = None
 
     def _bindings(self, node: NodeDef) -> list[tuple[str, str, str, bool]]:
         out = []
@@ -247,13 +249,14 @@ class Workflow:
         >>> wf.input_names
         ['n', 'seed']
         """
-        names = {
-            source
-            for node in self._nodes.values()
-            for _param, kind, source, _required in self._bindings(node)
-            if kind == "input"
-        }
-        return sorted(names)
+        if self._input_names is None:  # every run checks its inputs against these
+            self._input_names = sorted({
+                source
+                for node in self._nodes.values()
+                for _param, kind, source, _required in self._bindings(node)
+                if kind == "input"
+            })
+        return list(self._input_names)
 
     def check_inputs(self, names: Iterable[str]) -> None:
         """Raises ``GraphError`` naming any run input that no node parameter reads (a typo

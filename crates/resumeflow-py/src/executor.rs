@@ -1,8 +1,6 @@
 //! The Python side of `NodeExecutor`: attempts queue up for a pool of Python worker threads,
 //! which hold the GIL only while they call node code (torch ops inside release it again).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,20 +16,13 @@ use resumeflow_core::process_local::{get_or_make, Slot};
 use tokio::sync::oneshot;
 
 use crate::gil::detached;
+use crate::task_queue::TaskQueue;
 
-/// Node attempts wait here until a Python worker thread takes them.
+/// Node attempts wait in a [`TaskQueue`] until a Python worker thread takes them.
 ///
 /// The threads that call node code are Python threads (`resumeflow._workers`), not Rust
 /// threads: at interpreter exit CPython stops its own daemon threads cleanly, whereas a Rust
 /// thread holding the GIL during finalization would crash the process.
-struct TaskQueue {
-    /// Dropped at shutdown so that waiting workers wake at once.
-    tx: Mutex<Option<Sender<Queued>>>,
-    rx: Mutex<Receiver<Queued>>,
-    idle: AtomicUsize,
-    closed: AtomicBool,
-}
-
 struct Queued {
     runner: Arc<Py<PyAny>>,
     task: NodeTask,
@@ -40,17 +31,9 @@ struct Queued {
 
 /// This process's queue (a forked child gets a fresh one: the parent's may be locked by a
 /// worker thread that does not exist in the child).
-fn queue() -> &'static TaskQueue {
-    static QUEUE: Slot<TaskQueue> = Slot::new(None);
-    get_or_make(&QUEUE, || {
-        let (tx, rx) = std::sync::mpsc::channel();
-        TaskQueue {
-            tx: Mutex::new(Some(tx)),
-            rx: Mutex::new(rx),
-            idle: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-        }
-    })
+fn queue() -> &'static TaskQueue<Queued> {
+    static QUEUE: Slot<TaskQueue<Queued>> = Slot::new(None);
+    get_or_make(&QUEUE, TaskQueue::default)
 }
 
 /// Hands each attempt to the Python worker pool and awaits the runner's result, which is
@@ -72,7 +55,7 @@ impl PyExecutor {
 impl NodeExecutor for PyExecutor {
     fn execute(&self, task: NodeTask) -> NodeFuture {
         let queue = queue();
-        if queue.closed.load(Ordering::SeqCst) {
+        if queue.is_closed() {
             // The interpreter is exiting: behave like a crash (nothing recorded; the run
             // stays resumable) rather than failing the node.
             return Box::pin(std::future::pending());
@@ -84,10 +67,7 @@ impl NodeExecutor for PyExecutor {
             task,
             reply,
         };
-        let sent = match queue.tx.lock().expect("queue lock").as_ref() {
-            Some(tx) => tx.send(queued).map_err(drop),
-            None => Err(()),
-        };
+        let sent = queue.push(queued).map_err(drop);
         Box::pin(async move {
             if sent.is_err() {
                 return Err(NodeFailure::fatal(format!(
@@ -96,7 +76,7 @@ impl NodeExecutor for PyExecutor {
             }
             match rx.await {
                 Ok(result) => result,
-                Err(_) if queue.closed.load(Ordering::SeqCst) => std::future::pending().await,
+                Err(_) if queue.is_closed() => std::future::pending().await,
                 Err(_) => Err(NodeFailure::fatal(format!(
                     "node {node_id:?}: the worker thread dropped the task without a result"
                 ))),
@@ -237,16 +217,11 @@ impl PyTask {
 #[pyfunction]
 pub fn next_task(py: Python<'_>, timeout: f64) -> Option<PyTask> {
     let queue = queue();
-    if queue.closed.load(Ordering::SeqCst) {
+    if queue.is_closed() {
         return None;
     }
-    queue.idle.fetch_add(1, Ordering::SeqCst);
-    let got = py.detach(|| {
-        let rx = queue.rx.lock().expect("queue lock");
-        rx.recv_timeout(Duration::from_secs_f64(timeout.max(0.0)))
-            .ok()
-    });
-    queue.idle.fetch_sub(1, Ordering::SeqCst);
+    let timeout = Duration::from_secs_f64(timeout.max(0.0));
+    let got = py.detach(|| queue.take(timeout));
     got.map(|queued| PyTask {
         node_id: queued.task.node_id.clone(),
         attempt: queued.task.attempt,
@@ -257,16 +232,14 @@ pub fn next_task(py: Python<'_>, timeout: f64) -> Option<PyTask> {
 /// Worker threads waiting for work right now.
 #[pyfunction]
 pub fn idle_workers() -> usize {
-    queue().idle.load(Ordering::SeqCst)
+    queue().idle()
 }
 
 /// Stops handing out work (interpreter exit): waiting workers return None; attempts not yet
 /// taken are left unrecorded, as after a crash.
 #[pyfunction]
 pub fn shutdown_workers() {
-    let queue = queue();
-    queue.closed.store(true, Ordering::SeqCst);
-    queue.tx.lock().expect("queue lock").take();
+    queue().close();
 }
 
 /// The core side of `rf.NodeContext`: saves and loads a node's partial state (bytes).

@@ -7,6 +7,7 @@ mod engine;
 mod errors;
 mod executor;
 mod gil;
+mod task_queue;
 mod threads;
 
 use pyo3::prelude::*;
