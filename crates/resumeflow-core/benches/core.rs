@@ -1,5 +1,6 @@
 //! Core benchmarks (no criterion: each figure is a median of rounds, printed with ratios
 //! measured in the same run). `cargo bench -p resumeflow-core --bench core [-- --quick]`
+//! (`-- --w3-only N`: only W3 at N events, 20 resumes, for a profiler)
 //!
 //! - W1: a durable chain of no-op nodes (`sync`, `batched`): engine time per node, against the
 //!   storage floor measured here — one committed rusqlite insert per node, WAL, same pragmas.
@@ -139,6 +140,19 @@ fn w3_resume(events_target: usize) -> (usize, f64) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 3 } else { 7 };
+    if let Some(n) = std::env::args()
+        .skip_while(|a| a != "--w3-only")
+        .nth(1)
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        // For profiling a resume (`perf record cargo bench ... -- --w3-only 10000`).
+        let lat: Vec<f64> = (0..20).map(|_| w3_resume(n).1).collect();
+        println!(
+            "W3 {n} events, 20 resumes (ms): {lat:.2?}; median {:.2}",
+            median(lat.clone())
+        );
+        return;
+    }
     let k = 1000;
     println!(
         "machine: {} cores; rounds: {rounds} (median)",
