@@ -706,6 +706,27 @@ impl Engine {
         self.inner.store.load_partial_state(run_id, node_id)
     }
 
+    /// Where a node's saved progress is: its bytes, or the blob file that holds them (read
+    /// it with [`Engine::read_partial_file_into`] into a buffer of the caller's, no copy).
+    pub fn partial_state_ref(
+        &self,
+        run_id: &str,
+        node_id: &str,
+    ) -> Result<Option<crate::store::PartialState>> {
+        self.require_node_of_run(run_id, node_id)?;
+        self.inner.store.partial_state_ref(run_id, node_id)
+    }
+
+    /// Reads a partial state's blob file into `buf` (exactly `file.size` long), checked
+    /// against its hash.
+    pub fn read_partial_file_into(
+        &self,
+        file: &crate::state::ValueRef,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        self.inner.store.read_partial_file_into(file, buf)
+    }
+
     /// Checkpoints of the run, newest first.
     pub fn history(&self, run_id: &str) -> Result<Vec<Checkpoint>> {
         self.inner.store.history(run_id)

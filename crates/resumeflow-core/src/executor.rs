@@ -264,6 +264,21 @@ impl NodeContext {
         self.store.load_partial_state(&self.run_id, &self.node_id)
     }
 
+    /// Where the progress this node saved is (its bytes, or its blob file: read that with
+    /// [`Self::read_partial_file_into`] into a buffer of the caller's).
+    pub fn partial_state_ref(&self) -> Result<Option<crate::store::PartialState>> {
+        self.store.partial_state_ref(&self.run_id, &self.node_id)
+    }
+
+    /// Reads a partial state's blob file into `buf` (exactly `file.size` long), checked.
+    pub fn read_partial_file_into(
+        &self,
+        file: &crate::state::ValueRef,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        self.store.read_partial_file_into(file, buf)
+    }
+
     /// Extends the run's lease now; fails with `LeaseLost` if another worker took the run,
     /// and with `StaleAttempt` once this attempt timed out or its run was cancelled.
     pub fn heartbeat(&self) -> Result<()> {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::*;
+use resumeflow_core::store::PartialState;
 use resumeflow_core::{
     Engine, EngineOptions, Graph, NodeExecutor, NodeFuture, NodeOutput, NodeSpec, NodeTask,
     ResumeOptions, RetryPolicy, StartOptions,
@@ -339,9 +340,22 @@ fn a_partial_state_given_as_parts_is_written_unjoined_to_a_file_or_joined_inline
         engine.get_partial_state(&run, "big").unwrap().unwrap(),
         joined
     );
+    // Read straight into a caller's buffer (what Python's bytearray gets), hash-checked.
+    let Some(PartialState::File(file)) = engine.partial_state_ref(&run, "big").unwrap() else {
+        panic!("the large state is a file");
+    };
+    let mut buf = vec![0u8; file.size as usize];
+    engine.read_partial_file_into(&file, &mut buf).unwrap();
+    assert_eq!(buf, joined);
+    let mut short = vec![0u8; buf.len() - 1];
+    assert!(engine.read_partial_file_into(&file, &mut short).is_err());
     engine
         .save_partial_state_parts(&run, "copy", &[b"ab", b"", b"c"])
         .unwrap();
+    assert_eq!(
+        engine.partial_state_ref(&run, "copy").unwrap(),
+        Some(PartialState::Inline(b"abc".to_vec()))
+    );
     assert_eq!(
         engine.get_partial_state(&run, "copy").unwrap().unwrap(),
         b"abc"

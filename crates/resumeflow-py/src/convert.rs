@@ -135,3 +135,23 @@ pub fn bytes_map(map: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, V
     }
     Ok(out)
 }
+
+/// A partial state as a writable `bytearray` (decoded tensors share its memory): inline bytes
+/// are copied in; a blob file is read straight into it, with the GIL released (`read`).
+pub fn partial_bytearray<'py>(
+    py: Python<'py>,
+    found: Option<resumeflow_core::store::PartialState>,
+    read: impl Fn(&resumeflow_core::ValueRef, &mut [u8]) -> resumeflow_core::Result<()> + Sync,
+) -> PyResult<Option<Bound<'py, pyo3::types::PyByteArray>>> {
+    use resumeflow_core::store::PartialState;
+    match found {
+        None => Ok(None),
+        Some(PartialState::Inline(bytes)) => Ok(Some(pyo3::types::PyByteArray::new(py, &bytes))),
+        Some(PartialState::File(file)) => {
+            pyo3::types::PyByteArray::new_with(py, file.size as usize, |buf| {
+                crate::gil::detached(py, || read(&file, buf))
+            })
+            .map(Some)
+        }
+    }
+}

@@ -329,9 +329,10 @@ impl PyEngine {
         run_id: &str,
         node_id: &str,
     ) -> PyResult<Option<Bound<'py, PyByteArray>>> {
-        let state = detached(py, || self.engine.get_partial_state(run_id, node_id))?;
-        // Writable: decoded tensors and arrays share its memory instead of copying it.
-        Ok(state.map(|b| PyByteArray::new(py, &b)))
+        let found = detached(py, || self.engine.partial_state_ref(run_id, node_id))?;
+        crate::convert::partial_bytearray(py, found, |file, buf| {
+            self.engine.read_partial_file_into(file, buf)
+        })
     }
 
     fn history<'py>(&self, py: Python<'py>, run_id: &str) -> PyResult<Bound<'py, PyList>> {

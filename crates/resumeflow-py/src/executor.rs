@@ -302,9 +302,10 @@ impl PyNodeContext {
         &self,
         py: Python<'py>,
     ) -> PyResult<Option<Bound<'py, PyByteArray>>> {
-        let loaded = detached(py, || self.inner.load_partial_state())?;
-        // Writable: decoded tensors and arrays share its memory instead of copying it.
-        Ok(loaded.map(|b| PyByteArray::new(py, &b)))
+        let found = detached(py, || self.inner.partial_state_ref())?;
+        crate::convert::partial_bytearray(py, found, |file, buf| {
+            self.inner.read_partial_file_into(file, buf)
+        })
     }
 
     /// Extends the run's lease now.

@@ -316,6 +316,15 @@ pub struct StoredRun {
     pub last_seq: i64,
 }
 
+/// A node's saved partial state as [`Store::partial_state_ref`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartialState {
+    /// Stored in the database row.
+    Inline(Vec<u8>),
+    /// In a blob file (at or above the file threshold).
+    File(ValueRef),
+}
+
 /// Which runs [`Store::list_runs_filtered`] returns: all filters must match; runs come
 /// oldest first (`created_at`, then `run_id`) or, with `newest_first`, in the reverse order;
 /// the first `offset` matching runs are skipped, then at most `limit` come, after the run
@@ -495,6 +504,22 @@ pub trait Store: Send + Sync + 'static {
     fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<StoredRun>>;
     fn load_value(&self, value: &ValueRef) -> Result<Vec<u8>>;
     fn load_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>>;
+    /// Where a node's partial state is: its bytes, or the blob file that holds them (read it
+    /// with [`Store::read_partial_file_into`] into a buffer of the caller's, no copy between).
+    fn partial_state_ref(&self, run_id: &str, node_id: &str) -> Result<Option<PartialState>> {
+        Ok(self
+            .load_partial_state(run_id, node_id)?
+            .map(PartialState::Inline))
+    }
+    /// Reads a partial state's blob file ([`PartialState::File`]) into `buf`, which is
+    /// exactly `file.size` long, and checks it against its hash.
+    fn read_partial_file_into(&self, file: &ValueRef, buf: &mut [u8]) -> Result<()> {
+        let _ = (file, buf);
+        Err(crate::Error::InvalidArgument {
+            field: "partial state".into(),
+            message: "this store keeps no partial states in files".into(),
+        })
+    }
     /// A streaming node's saved segments, `(first, segment)` in order of `first`.
     fn load_partial_segments(&self, run_id: &str, node_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {
         let _ = (run_id, node_id);

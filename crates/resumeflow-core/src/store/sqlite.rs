@@ -21,7 +21,8 @@ use super::checkpoints;
 use super::schema::{self, Existing, SCHEMA_VERSION};
 use super::writer::{SqliteWriteConnection, Writer};
 use super::{
-    CleanupRequest, CommitTicket, Durability, NewRun, RunBatch, Store, StoredRun, ValueCodec,
+    CleanupRequest, CommitTicket, Durability, NewRun, PartialState, RunBatch, Store, StoredRun,
+    ValueCodec,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -911,6 +912,19 @@ impl Store for SqliteStore {
     }
 
     fn load_partial_state(&self, run_id: &str, node_id: &str) -> Result<Option<Vec<u8>>> {
+        match self.partial_state_ref(run_id, node_id)? {
+            None => Ok(None),
+            Some(PartialState::Inline(data)) => Ok(Some(data)),
+            // In a blob file: read outside the reader lock, checked against its hash.
+            Some(PartialState::File(file)) => {
+                let data = self.files.read(&file.hash, ValueCodec::Raw)?;
+                self.check_hash(&file, &data)?;
+                Ok(Some(data))
+            }
+        }
+    }
+
+    fn partial_state_ref(&self, run_id: &str, node_id: &str) -> Result<Option<PartialState>> {
         type Row = (Vec<u8>, Option<Vec<u8>>, Option<i64>);
         let row: Option<Row> = self.read(|conn| {
             self.require_run(conn, run_id)?;
@@ -925,18 +939,17 @@ impl Store for SqliteStore {
         })?;
         match row {
             None => Ok(None),
-            Some((data, None, _)) => Ok(Some(data)),
-            // In a blob file: read outside the reader lock, checked against its hash.
-            Some((_, Some(hash), size)) => {
-                let value = ValueRef {
-                    hash,
-                    size: size.unwrap_or(0) as u64,
-                };
-                let data = self.files.read(&value.hash, ValueCodec::Raw)?;
-                self.check_hash(&value, &data)?;
-                Ok(Some(data))
-            }
+            Some((data, None, _)) => Ok(Some(PartialState::Inline(data))),
+            Some((_, Some(hash), size)) => Ok(Some(PartialState::File(ValueRef {
+                hash,
+                size: size.unwrap_or(0) as u64,
+            }))),
         }
+    }
+
+    fn read_partial_file_into(&self, file: &ValueRef, buf: &mut [u8]) -> Result<()> {
+        self.files.read_into(&file.hash, ValueCodec::Raw, buf)?;
+        self.check_hash(file, buf)
     }
 
     fn load_partial_segments(&self, run_id: &str, node_id: &str) -> Result<Vec<(u64, Vec<u8>)>> {
