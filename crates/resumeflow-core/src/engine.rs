@@ -165,7 +165,7 @@ impl Engine {
         has_input: impl FnMut(&str) -> bool,
         until: Option<&str>,
     ) -> Result<()> {
-        for node in graph.nodes() {
+        if let Some(node) = graph.invalid_retry() {
             node.retry.validate(&node.id)?;
         }
         let slots = self.inner.slots.clone();
@@ -205,12 +205,14 @@ impl Engine {
             },
             self.lease_request(),
         )?;
-        let nodes = graph
-            .node_ids()
-            .into_iter()
-            .map(|id| (id.to_string(), crate::state::NodeState::default()))
-            .collect();
-        Ok(self.launch(graph, executor, lease, inputs, nodes, options.until))
+        // A new run's nodes have no rows yet: the scheduler starts each from the default.
+        let fresh = Resumed {
+            nodes: BTreeMap::new(),
+            marked_completed: None,
+            marks_base: None,
+            ranked: true,
+        };
+        Ok(self.launch(graph, executor, lease, inputs, fresh, options.until))
     }
 
     /// Records a run as `queued` for any worker to claim ([`Engine::claim`]); this engine
@@ -446,7 +448,20 @@ impl Engine {
         executor: Arc<dyn NodeExecutor>,
         options: &ResumeOptions,
     ) -> Result<RunHandle> {
-        let stored = self.inner.store.load_run_without_graph(run_id)?;
+        let modifies = options.checkpoint_id.is_some()
+            || !options.updates.is_empty()
+            || !options.rerun.is_empty();
+        // A plain resume reads the completed marks and the frontier's rows; anything else (or
+        // a run without valid marks) reads every node row.
+        let marked = if modifies {
+            None
+        } else {
+            self.read_frontier(run_id, &graph)?
+        };
+        let (stored, marked_completed) = match marked {
+            Some((stored, completed)) => (stored, Some(completed)),
+            None => (self.inner.store.load_run_without_graph(run_id)?, None),
+        };
         if stored.graph_hash != graph.structural_hash() && !options.allow_mismatch {
             let detail = match self.inner.store.load_run(run_id)?.graph {
                 Some(stored_graph) => stored_graph.describe_difference(&graph),
@@ -470,9 +485,6 @@ impl Engine {
             options.until.as_deref(),
         )?;
         let _reservation = self.reserve(run_id)?;
-        let modifies = options.checkpoint_id.is_some()
-            || !options.updates.is_empty()
-            || !options.rerun.is_empty();
         let crashed_only_violated =
             options.only_crashed && stored.state.status != RunStatus::Running;
         if (stored.state.status == RunStatus::Completed && !modifies) || crashed_only_violated {
@@ -507,14 +519,56 @@ impl Engine {
             });
         }
         let inputs = stored.inputs.clone();
+        // Having read every row, the resume writes the run's marks back (same structure only:
+        // marks are ranks of the stored graph's node ids).
+        let ranked = stored.graph_hash == graph.structural_hash();
+        let marks_base = match &marked_completed {
+            None if ranked => Some(crate::resume_plan::marks_of(&graph, &projection.nodes)),
+            _ => None,
+        };
         Ok(self.launch(
             graph,
             executor,
             lease,
             inputs,
-            projection.nodes,
+            Resumed {
+                nodes: projection.nodes,
+                marked_completed,
+                marks_base,
+                ranked,
+            },
             options.until.clone(),
         ))
+    }
+
+    /// The run as its completed marks and the rows of its frontier give it (see
+    /// [`crate::completed_marks`]), with each position's completed flag; `None` if the store
+    /// keeps no valid marks for the run, the graph is not the stored one, or the frontier is
+    /// too wide for reading its rows one by one to pay.
+    fn read_frontier(
+        &self,
+        run_id: &str,
+        graph: &Graph,
+    ) -> Result<Option<(crate::store::StoredRun, Vec<bool>)>> {
+        let Some((mut stored, marks)) = self.inner.store.load_run_marked(run_id)? else {
+            return Ok(None);
+        };
+        if stored.graph_hash != graph.structural_hash() {
+            return Ok(None);
+        }
+        let Some(frontier) = crate::resume_plan::frontier(graph, &marks) else {
+            return Ok(None);
+        };
+        if frontier.ready.len() > crate::resume_plan::MAX_FRONTIER {
+            return Ok(None);
+        }
+        let ids: Vec<&str> = frontier
+            .ready
+            .iter()
+            .map(|&i| graph.nodes()[i].id.as_str())
+            .collect();
+        stored.state.nodes = self.inner.store.load_nodes(run_id, &ids)?;
+        Ok(Some((stored, frontier.completed)))
     }
 
     /// Marks `run_id` as being resumed by this engine until the returned guard drops;
@@ -557,7 +611,7 @@ impl Engine {
         executor: Arc<dyn NodeExecutor>,
         lease: Lease,
         inputs: BTreeMap<String, Vec<u8>>,
-        nodes: BTreeMap<String, crate::state::NodeState>,
+        resumed: Resumed,
         until: Option<String>,
     ) -> RunHandle {
         let (control, control_rx) = watch::channel(Control::Run);
@@ -585,7 +639,10 @@ impl Engine {
             durability: self.inner.options.durability,
             slots: self.inner.slots.clone(),
             inputs: inputs.into_iter().map(|(k, v)| (k, Arc::from(v))).collect(),
-            nodes,
+            nodes: resumed.nodes,
+            marked_completed: resumed.marked_completed,
+            marks_base: resumed.marks_base,
+            ranked: resumed.ranked,
             until,
             control: control_rx,
             heartbeats: handle.shared.heartbeats.clone(),
@@ -825,6 +882,16 @@ impl Engine {
         }
         self.inner.store.close();
     }
+}
+
+/// What a run starts from: the node states read (all of them, or the frontier's after a
+/// resume from completed marks) and the marks' part (see `RunSetup`).
+struct Resumed {
+    nodes: BTreeMap<String, crate::state::NodeState>,
+    marked_completed: Option<Vec<bool>>,
+    marks_base: Option<crate::completed_marks::CompletedMarks>,
+    /// The graph is the stored run's structure (see `RunSetup::ranked`).
+    ranked: bool,
 }
 
 /// Holds a run id in `EngineInner::resuming` while a resume prepares and launches it.

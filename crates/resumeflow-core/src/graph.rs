@@ -115,15 +115,77 @@ pub struct Graph {
     index: HashMap<String, usize>,
     #[serde(skip)]
     hash: HashCache,
+    #[serde(skip)]
+    requirements: RequirementsCache,
     /// Positions of each node's upstream nodes (by position), without repeats.
     #[serde(skip)]
-    upstream: Vec<Vec<usize>>,
+    upstream: Adjacency,
+    /// Positions of the nodes that read each node's output (by position), without repeats.
+    #[serde(skip)]
+    downstream: Adjacency,
 }
 
-/// The structural hash, computed once per graph (a graph is immutable once built). Never
-/// part of a graph's equality.
+/// What checking a graph against run inputs and capacities needs, gathered once per graph:
+/// a check is then as long as the list of distinct inputs and resources, not the graph.
 #[derive(Debug, Clone, Default)]
-struct HashCache(std::sync::OnceLock<String>);
+struct RequirementsCache(std::sync::OnceLock<Requirements>);
+
+#[derive(Debug, Clone)]
+struct Requirements {
+    /// Distinct run inputs some node requires.
+    inputs: Vec<String>,
+    /// Each resource's largest need.
+    resources: BTreeMap<String, u32>,
+    /// The first node (in topological order) whose retry policy does not validate.
+    invalid_retry: Option<usize>,
+}
+
+impl PartialEq for RequirementsCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Each node's neighbours in one flat array (a resume walks them for every node of a graph
+/// of tens of thousands: one allocation per node would be a cache miss per node).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Adjacency {
+    /// `targets[offsets[i]..offsets[i + 1]]` are node `i`'s neighbours.
+    offsets: Vec<usize>,
+    targets: Vec<usize>,
+}
+
+impl Adjacency {
+    fn from_lists(lists: impl Iterator<Item = impl Iterator<Item = usize>>) -> Self {
+        let mut adjacency = Self {
+            offsets: vec![0],
+            targets: Vec::new(),
+        };
+        for list in lists {
+            adjacency.targets.extend(list);
+            adjacency.offsets.push(adjacency.targets.len());
+        }
+        adjacency
+    }
+
+    fn of(&self, i: usize) -> &[usize] {
+        &self.targets[self.offsets[i]..self.offsets[i + 1]]
+    }
+}
+
+/// What is derived from the node ids once per graph (a graph is immutable once built): the
+/// structural hash and each node's canonical rank. Never part of a graph's equality.
+#[derive(Debug, Clone, Default)]
+struct HashCache(std::sync::OnceLock<Canonical>);
+
+#[derive(Debug, Clone)]
+struct Canonical {
+    hash: String,
+    /// Position -> rank of the node's id among all ids in byte order.
+    rank: Vec<u32>,
+    /// Rank -> position.
+    by_rank: Vec<usize>,
+}
 
 impl PartialEq for HashCache {
     fn eq(&self, _: &Self) -> bool {
@@ -199,16 +261,26 @@ impl Graph {
             .enumerate()
             .map(|(i, n)| (n.id.clone(), i))
             .collect();
-        let upstream = nodes
-            .iter()
-            .map(|n| n.upstream().filter_map(|u| index.get(u).copied()).collect())
-            .collect();
+        let upstream = Adjacency::from_lists(
+            nodes
+                .iter()
+                .map(|n| n.upstream().filter_map(|u| index.get(u).copied())),
+        );
+        let mut downstream = vec![Vec::new(); nodes.len()];
+        for i in 0..nodes.len() {
+            for &u in upstream.of(i) {
+                downstream[u].push(i);
+            }
+        }
+        let downstream = Adjacency::from_lists(downstream.into_iter().map(Vec::into_iter));
         Self {
             name,
             nodes,
             index,
             hash: HashCache::default(),
+            requirements: RequirementsCache::default(),
             upstream,
+            downstream,
         }
     }
 
@@ -235,7 +307,32 @@ impl Graph {
     /// Positions of the upstream nodes of the node at position `i` (a validated graph's
     /// inputs all name nodes of the graph).
     pub fn upstream_of(&self, i: usize) -> &[usize] {
-        &self.upstream[i]
+        self.upstream.of(i)
+    }
+
+    /// Positions of the nodes that read the output of the node at position `i`.
+    pub fn downstream_of(&self, i: usize) -> &[usize] {
+        self.downstream.of(i)
+    }
+
+    /// The node's rank among all node ids in byte order: the same for every graph of the same
+    /// structural hash, whatever order the nodes were declared in (a topological position is
+    /// not). Stores mark completed nodes by rank (see `docs/resuming.md`).
+    ///
+    /// ```
+    /// use resumeflow_core::{Graph, NodeSpec};
+    /// let g = Graph::new("w", vec![NodeSpec::new("b"), NodeSpec::new("a").after("x", "b")]).unwrap();
+    /// assert_eq!(g.position("b"), Some(0));
+    /// assert_eq!(g.canonical_rank(0), 1); // "a" < "b"
+    /// assert_eq!(g.position_of_rank(1), Some(0));
+    /// ```
+    pub fn canonical_rank(&self, i: usize) -> u32 {
+        self.canonical().rank[i]
+    }
+
+    /// The position of the node of canonical rank `rank` (see [`Graph::canonical_rank`]).
+    pub fn position_of_rank(&self, rank: u32) -> Option<usize> {
+        self.canonical().by_rank.get(rank as usize).copied()
     }
 
     /// Position of a node in topological order.
@@ -279,12 +376,72 @@ impl Graph {
         out
     }
 
-    /// Checks that every required run input is present and resource needs fit `capacity`.
+    fn requirements(&self) -> &Requirements {
+        self.requirements.0.get_or_init(|| {
+            let mut inputs = BTreeSet::new();
+            let mut resources: BTreeMap<String, u32> = BTreeMap::new();
+            for node in &self.nodes {
+                for b in &node.inputs {
+                    if let InputSource::RunInput {
+                        name,
+                        required: true,
+                    } = &b.source
+                    {
+                        inputs.insert(name.clone());
+                    }
+                }
+                for (resource, &needed) in &node.resources {
+                    let max = resources.entry(resource.clone()).or_default();
+                    *max = (*max).max(needed);
+                }
+            }
+            Requirements {
+                inputs: inputs.into_iter().collect(),
+                resources,
+                invalid_retry: self
+                    .nodes
+                    .iter()
+                    .position(|n| n.retry.validate(&n.id).is_err()),
+            }
+        })
+    }
+
+    /// The first node (in topological order) whose retry policy is invalid, if any.
+    ///
+    /// ```
+    /// use resumeflow_core::{Graph, NodeSpec, RetryPolicy};
+    /// let bad = RetryPolicy { max_attempts: 0, ..RetryPolicy::default() };
+    /// let g = Graph::new("w", vec![NodeSpec::new("a"), NodeSpec::new("b").with_retry(bad)]).unwrap();
+    /// assert_eq!(g.invalid_retry().map(|n| n.id.as_str()), Some("b"));
+    /// ```
+    pub fn invalid_retry(&self) -> Option<&NodeSpec> {
+        self.requirements().invalid_retry.map(|i| &self.nodes[i])
+    }
+
+    /// Checks that every required run input is present and resource needs fit `capacity`;
+    /// the error names the first node (in topological order) at fault. Costs the number of
+    /// distinct inputs and resources when all is well (what a graph needs is gathered once).
+    ///
+    /// ```
+    /// use resumeflow_core::{Graph, NodeSpec};
+    /// let g = Graph::new("w", vec![NodeSpec::new("a").run_input("n", true)]).unwrap();
+    /// assert!(g.check_inputs(|name| name == "n", |_| None).is_ok());
+    /// assert!(g.check_inputs(|_| false, |_| None).is_err());
+    /// ```
     pub fn check_inputs<'a>(
         &self,
         mut has_input: impl FnMut(&str) -> bool,
         capacity: impl Fn(&str) -> Option<u32> + 'a,
     ) -> Result<(), GraphError> {
+        let needs = self.requirements();
+        let fits = needs.inputs.iter().all(|name| has_input(name))
+            && needs
+                .resources
+                .iter()
+                .all(|(resource, &needed)| capacity(resource).is_none_or(|a| needed <= a));
+        if fits {
+            return Ok(());
+        }
         for node in &self.nodes {
             for b in &node.inputs {
                 if let InputSource::RunInput {
@@ -327,10 +484,29 @@ impl Graph {
     /// assert_eq!(a.structural_hash(), b.structural_hash());
     /// ```
     pub fn structural_hash(&self) -> String {
-        self.hash.0.get_or_init(|| self.compute_hash()).clone()
+        self.canonical().hash.clone()
     }
 
-    fn compute_hash(&self) -> String {
+    fn canonical(&self) -> &Canonical {
+        self.hash.0.get_or_init(|| self.compute_canonical())
+    }
+
+    fn compute_canonical(&self) -> Canonical {
+        let mut by_rank: Vec<usize> = (0..self.nodes.len()).collect();
+        by_rank.sort_by(|&a, &b| self.nodes[a].id.cmp(&self.nodes[b].id));
+        let mut rank = vec![0u32; self.nodes.len()];
+        for (r, &i) in by_rank.iter().enumerate() {
+            rank[i] = r as u32;
+        }
+        let hash = self.compute_hash(&by_rank);
+        Canonical {
+            hash,
+            rank,
+            by_rank,
+        }
+    }
+
+    fn compute_hash(&self, sorted: &[usize]) -> String {
         let mut h = blake3::Hasher::new();
         let mut feed = |s: &str| {
             h.update(&(s.len() as u64).to_le_bytes());
@@ -338,9 +514,7 @@ impl Graph {
         };
         feed("resumeflow-graph-v1");
         feed(&self.name);
-        let mut ids: Vec<&NodeSpec> = self.nodes.iter().collect();
-        ids.sort_by(|a, b| a.id.cmp(&b.id));
-        for node in ids {
+        for node in sorted.iter().map(|&i| &self.nodes[i]) {
             feed(&node.id);
             let mut bindings: Vec<String> = node
                 .inputs

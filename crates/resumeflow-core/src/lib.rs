@@ -5,6 +5,7 @@
 //! repeating finished work. Node work goes through the [`NodeExecutor`] trait; this crate
 //! knows nothing of Python.
 
+pub mod completed_marks;
 pub mod control;
 pub mod engine;
 pub mod error;

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::completed_marks::CompletedMarks;
 use crate::error::Result;
 use crate::event::{EventKind, ResetReason};
 use crate::graph::Graph;
@@ -95,4 +96,52 @@ pub(crate) fn resume_events(
         }
     }
     Ok((events, values))
+}
+
+/// At most this many nodes may be ready for a resume to read their rows one by one; a wider
+/// frontier reads every node row instead (one scan costs less than that many lookups).
+pub(crate) const MAX_FRONTIER: usize = 1024;
+
+/// Where a run stands by its completed marks: each position's completed flag, and the nodes
+/// that are not completed but whose producers all are (the only ones that can hold a running,
+/// retrying or failed attempt while the marks are valid: a node runs only once its producers
+/// completed, and un-completing a producer drops the marks).
+pub(crate) struct Frontier {
+    pub completed: Vec<bool>,
+    pub ready: Vec<usize>,
+}
+
+/// The frontier of `graph` under `marks`; `None` if the marks name a rank the graph lacks.
+pub(crate) fn frontier(graph: &Graph, marks: &CompletedMarks) -> Option<Frontier> {
+    let n = graph.nodes().len();
+    let mut completed = vec![false; n];
+    let mut marked = 0;
+    for (i, done) in completed.iter_mut().enumerate() {
+        if marks.contains(graph.canonical_rank(i)) {
+            *done = true;
+            marked += 1;
+        }
+    }
+    if marked != marks.len() {
+        return None;
+    }
+    let ready = (0..n)
+        .filter(|&i| !completed[i] && graph.upstream_of(i).iter().all(|&u| completed[u]))
+        .collect();
+    Some(Frontier { completed, ready })
+}
+
+/// The marks of the completed nodes among `nodes` (stored nodes the graph lacks, left by a
+/// resume that allowed a mismatch, have no rank and no mark).
+pub(crate) fn marks_of(
+    graph: &Graph,
+    nodes: &std::collections::BTreeMap<String, crate::state::NodeState>,
+) -> CompletedMarks {
+    let mut marks = CompletedMarks::default();
+    for (id, state) in nodes {
+        if let (NodeStatus::Completed, Some(i)) = (state.status, graph.position(id)) {
+            marks.insert(graph.canonical_rank(i));
+        }
+    }
+    marks
 }

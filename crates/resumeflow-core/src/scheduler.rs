@@ -67,6 +67,17 @@ pub struct RunSetup {
     pub inputs: BTreeMap<String, Arc<[u8]>>,
     /// Node states as committed (after any resume modifications).
     pub nodes: BTreeMap<String, NodeState>,
+    /// From a resume that read the run's completed marks instead of every node row: by
+    /// position, whether the node is completed. Nodes missing from `nodes` then have their
+    /// rows read when they are about to run or their output is needed.
+    pub marked_completed: Option<Vec<bool>>,
+    /// The run's completed marks to write back with the first batch (a resume that read
+    /// every node row rebuilds them; see `crate::completed_marks`).
+    pub marks_base: Option<crate::completed_marks::CompletedMarks>,
+    /// The graph has the stored run's structure, so its canonical ranks are the run's:
+    /// completions carry them. Otherwise (a resume that allowed a mismatch) they carry none,
+    /// and the first completion drops the run's marks.
+    pub ranked: bool,
     pub until: Option<String>,
     pub control: watch::Receiver<Control>,
     /// Running attempts that must heartbeat: node index -> (last beat, timeout).
@@ -108,7 +119,10 @@ struct Scheduler {
     outputs: Vec<Option<ValueRef>>,
     overrides: Vec<Option<Vec<u8>>>,
     missing_deps: Vec<usize>,
-    dependants: Vec<Vec<usize>>,
+    /// Nodes whose stored row was not read yet (see `RunSetup::marked_completed`).
+    unread: Vec<bool>,
+    /// Some rows are read only when needed (a resume from completed marks).
+    lazy: bool,
     in_target: Vec<bool>,
     values: HashMap<usize, NodeValue>,
     ready: VecDeque<usize>,
@@ -129,7 +143,7 @@ struct Scheduler {
 const HEAVY_VALUE: usize = 1 << 20;
 
 impl Scheduler {
-    fn new(setup: RunSetup) -> Self {
+    fn new(mut setup: RunSetup) -> Self {
         let graph = setup.graph.clone();
         let n = graph.nodes().len();
         let in_target: Vec<bool> = match &setup.until {
@@ -143,23 +157,42 @@ impl Scheduler {
             }
             None => vec![true; n],
         };
-        let mut phase = vec![Phase::Waiting; n];
         let mut attempt = vec![0; n];
         let mut outputs = vec![None; n];
         let mut overrides = vec![None; n];
-        let mut dependants = vec![Vec::new(); n];
         let mut missing_deps = vec![0; n];
-        for (i, node) in graph.nodes().iter().enumerate() {
-            if let Some(state) = setup.nodes.get(&node.id) {
-                attempt[i] = state.attempt;
-                overrides[i].clone_from(&state.inputs_override);
-                if state.status == NodeStatus::Completed {
-                    phase[i] = Phase::Completed;
-                    outputs[i].clone_from(&state.output);
-                }
-            }
-            for &u in graph.upstream_of(i) {
-                dependants[u].push(i);
+        let marked = setup.marked_completed.take();
+        // Without marks, a node without a state has none yet; with them, its row is read
+        // when it is needed.
+        let (mut phase, mut unread) = match &marked {
+            Some(marked) => (
+                marked
+                    .iter()
+                    .map(|&done| {
+                        if done {
+                            Phase::Completed
+                        } else {
+                            Phase::Waiting
+                        }
+                    })
+                    .collect(),
+                vec![true; n],
+            ),
+            None => (vec![Phase::Waiting; n], vec![false; n]),
+        };
+        for (id, state) in &setup.nodes {
+            // A stored node the graph lacks (a resume that allowed a mismatch) is ignored.
+            let Some(i) = graph.position(id) else {
+                continue;
+            };
+            unread[i] = false;
+            attempt[i] = state.attempt;
+            overrides[i].clone_from(&state.inputs_override);
+            if state.status == NodeStatus::Completed {
+                phase[i] = Phase::Completed;
+                outputs[i].clone_from(&state.output);
+            } else {
+                phase[i] = Phase::Waiting;
             }
         }
         for (i, missing) in missing_deps.iter_mut().enumerate() {
@@ -178,6 +211,8 @@ impl Scheduler {
         }
         let run_id = setup.lease.run_id.clone();
         let token = Some(setup.lease.token);
+        let mut batch = RunBatch::new(&run_id, token);
+        batch.marks_base = setup.marks_base.take();
         Self {
             setup,
             phase,
@@ -186,14 +221,15 @@ impl Scheduler {
             outputs,
             overrides,
             missing_deps,
-            dependants,
+            unread,
+            lazy: marked.is_some(),
             in_target,
             values: HashMap::new(),
             ready,
             retry_at: BTreeMap::new(),
             cancel_flags: HashMap::new(),
             first_error: None,
-            batch: RunBatch::new(&run_id, token),
+            batch,
             deferred: RunBatch::new(&run_id, token),
             tickets: VecDeque::new(),
             running: JoinSet::new(),
@@ -316,10 +352,52 @@ impl Scheduler {
         claimed
     }
 
+    /// Reads the stored rows of `nodes` not read yet (after a resume from completed marks):
+    /// attempt counts, adjusted inputs, and the outputs of completed ones.
+    fn read_states(&mut self, nodes: &[usize]) -> Result<()> {
+        let unread: Vec<usize> = nodes.iter().copied().filter(|&i| self.unread[i]).collect();
+        if unread.is_empty() {
+            return Ok(());
+        }
+        let graph = self.setup.graph.clone();
+        let ids: Vec<&str> = unread
+            .iter()
+            .map(|&i| graph.nodes()[i].id.as_str())
+            .collect();
+        let store = self.setup.store.clone();
+        let run_id = self.setup.lease.run_id.clone();
+        let states = tokio::task::block_in_place(|| store.load_nodes(&run_id, &ids))?;
+        for i in unread {
+            self.unread[i] = false;
+            let state = states.get(&graph.nodes()[i].id);
+            if let Some(state) = state {
+                self.attempt[i] = state.attempt;
+                self.overrides[i].clone_from(&state.inputs_override);
+            }
+            if self.phase[i] == Phase::Completed {
+                let output = state.filter(|s| s.status == NodeStatus::Completed);
+                self.outputs[i] = output.and_then(|s| s.output.clone());
+                if self.outputs[i].is_none() {
+                    return Err(crate::error::StoreError::Corrupt {
+                        path: store.path().to_path_buf(),
+                        table: "run_marks".into(),
+                        message: format!(
+                            "run {run_id:?} marks node {:?} completed but its row is not",
+                            graph.nodes()[i].id
+                        ),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn input_value(&mut self, source: usize) -> Result<NodeValue> {
         if let Some(v) = self.values.get(&source) {
             return Ok(v.clone());
         }
+        self.read_states(&[source])?;
         let value_ref = self.outputs[source]
             .clone()
             .ok_or_else(|| Error::InvalidArgument {
@@ -457,6 +535,11 @@ impl Scheduler {
                 };
                 let value_ref = stored.value.clone();
                 self.batch.values.push(stored);
+                if self.setup.ranked {
+                    self.batch
+                        .completed_ranks
+                        .push(self.setup.graph.canonical_rank(i));
+                }
                 self.push(EventKind::NodeCompleted {
                     node,
                     attempt,
@@ -474,7 +557,8 @@ impl Scheduler {
                 }
                 self.outputs[i] = Some(value_ref);
                 self.phase[i] = Phase::Completed;
-                for d in self.dependants[i].clone() {
+                let graph = self.setup.graph.clone();
+                for &d in graph.downstream_of(i) {
                     self.missing_deps[d] -= 1;
                     self.make_ready(d);
                 }
@@ -608,6 +692,10 @@ impl Scheduler {
             let claimed = if interrupted {
                 Vec::new()
             } else {
+                if self.lazy {
+                    let ready: Vec<usize> = self.ready.iter().copied().collect();
+                    self.read_states(&ready)?;
+                }
                 self.claim_ready()
             };
             // A run ends (or pauses) only once no attempt of it runs, timed-out ones included.

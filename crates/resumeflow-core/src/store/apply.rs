@@ -8,6 +8,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::completed_marks::{chunk_of, CompletedMarks};
 use crate::error::{Error, Result, StoreError};
 use crate::event::EventKind;
 use crate::lease::{Lease, LeaseRequest};
@@ -16,7 +17,7 @@ use crate::state::{NodeState, NodeStatus, RunStatus, ValueRef};
 
 use super::{NewRun, RunBatch};
 
-use super::plan::{self, WritePlan};
+use super::plan::{self, MarksWrite, WritePlan};
 pub use super::plan::{RunHead, OP_COMPLETED, OP_MODIFIED, OP_RESET};
 
 /// Maps rusqlite errors to a `StoreError` naming the file.
@@ -59,7 +60,7 @@ pub fn load_head(conn: &Connection, path: &Path, run_id: &str) -> Result<RunHead
     let row = conn
         .prepare_cached(
             "SELECT status, error, head_checkpoint, updated_at, last_seq, last_checkpoint,
-                    lease_owner, lease_expires, lease_token FROM runs WHERE run_id = ?1",
+                    lease_owner, lease_expires, lease_token, marks_valid FROM runs WHERE run_id = ?1",
         )
         .and_then(|mut st| {
             st.query_row([run_id], |r| {
@@ -73,13 +74,24 @@ pub fn load_head(conn: &Connection, path: &Path, run_id: &str) -> Result<RunHead
                     r.get::<_, Option<String>>(6)?,
                     r.get::<_, f64>(7)?,
                     r.get::<_, i64>(8)?,
+                    r.get::<_, bool>(9)?,
                 ))
             })
             .optional()
         })
         .map_err(sql(path))?;
-    let Some((status, error, head, updated_at, last_seq, last_checkpoint, owner, expires, token)) =
-        row
+    let Some((
+        status,
+        error,
+        head,
+        updated_at,
+        last_seq,
+        last_checkpoint,
+        owner,
+        expires,
+        token,
+        marks_valid,
+    )) = row
     else {
         return Err(Error::RunNotFound {
             run_id: run_id.to_string(),
@@ -101,6 +113,7 @@ pub fn load_head(conn: &Connection, path: &Path, run_id: &str) -> Result<RunHead
         lease_owner: owner,
         lease_expires: expires,
         lease_token: token,
+        marks_valid,
     })
 }
 
@@ -132,7 +145,7 @@ pub const NODE_COLUMNS: &str =
     "node_id, status, attempt, error, retryable, started_at, finished_at, \
      output_hash, output_size, inputs_override, peak_memory";
 
-fn load_node(
+pub(super) fn load_node(
     conn: &Connection,
     path: &Path,
     run_id: &str,
@@ -185,7 +198,7 @@ fn store_head(conn: &Connection, path: &Path, head: &RunHead) -> Result<()> {
     conn.prepare_cached(
         "UPDATE runs SET status = ?2, error = ?3, head_checkpoint = ?4, updated_at = ?5,
             last_seq = ?6, last_checkpoint = ?7, lease_owner = ?8, lease_expires = ?9,
-            lease_token = ?10 WHERE run_id = ?1",
+            lease_token = ?10, marks_valid = ?11 WHERE run_id = ?1",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -199,6 +212,7 @@ fn store_head(conn: &Connection, path: &Path, head: &RunHead) -> Result<()> {
             head.lease_owner,
             head.lease_expires,
             head.lease_token,
+            head.marks_valid,
         ])
     })
     .map_err(sql(path))?;
@@ -272,7 +286,58 @@ fn write_plan(conn: &Connection, path: &Path, plan: &WritePlan, now: f64) -> Res
     for (node, state) in &plan.head.projection.nodes {
         store_node(conn, path, run_id, node, state)?;
     }
+    write_marks(conn, path, run_id, &plan.marks)?;
     store_head(conn, path, &plan.head)
+}
+
+/// Writes a plan's change to the run's completed marks (`run_marks`).
+fn write_marks(conn: &Connection, path: &Path, run_id: &str, marks: &MarksWrite) -> Result<()> {
+    let map = sql(path);
+    let delete_all = || {
+        conn.prepare_cached("DELETE FROM run_marks WHERE run_id = ?1")
+            .and_then(|mut st| st.execute([run_id]))
+            .map_err(&map)
+    };
+    let put = |chunk: u32, bits: &[u8]| {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO run_marks (run_id, chunk, bits) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut st| st.execute(params![run_id, chunk, bits]))
+        .map_err(&map)
+    };
+    match marks {
+        MarksWrite::Keep => {}
+        MarksWrite::Drop => {
+            delete_all()?;
+        }
+        MarksWrite::Replace(all) => {
+            delete_all()?;
+            for (chunk, bits) in all.chunks() {
+                put(chunk, bits)?;
+            }
+        }
+        MarksWrite::Set(ranks) => {
+            let mut by_chunk: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+            for &rank in ranks {
+                by_chunk.entry(chunk_of(rank)).or_default().push(rank);
+            }
+            for (chunk, ranks) in by_chunk {
+                let mut bits: Vec<u8> = conn
+                    .prepare_cached("SELECT bits FROM run_marks WHERE run_id = ?1 AND chunk = ?2")
+                    .and_then(|mut st| {
+                        st.query_row(params![run_id, chunk], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(&map)?
+                    .unwrap_or_default();
+                for rank in ranks {
+                    CompletedMarks::set_in_chunk(&mut bits, rank);
+                }
+                put(chunk, &bits)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The stored states of the nodes `events` name.
@@ -430,7 +495,14 @@ pub(super) fn append_all(
     write_plan(
         conn,
         path,
-        &plan::plan(head, nodes, &batch.events, now),
+        &plan::plan_marked(
+            head,
+            nodes,
+            &batch.events,
+            &batch.completed_ranks,
+            batch.marks_base.as_ref(),
+            now,
+        ),
         now,
     )
 }
@@ -559,8 +631,8 @@ pub fn insert_run(conn: &Connection, path: &Path, run: &NewRun, now: f64) -> Res
     let inputs = rmp_serde::to_vec_named(&EncodedInputs(&run.inputs)).expect("inputs encode");
     let labels = rmp_serde::to_vec_named(&run.labels).expect("labels encode");
     conn.prepare_cached(
-        "INSERT INTO runs (run_id, workflow, graph_hash, status, created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+        "INSERT INTO runs (run_id, workflow, graph_hash, status, created_at, updated_at, marks_valid)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, 1)",
     )
     .and_then(|mut st| {
         st.execute(params![

@@ -190,6 +190,14 @@ pub struct RunBatch {
     pub partial_segments: Vec<(String, u64, Vec<u8>)>,
     /// Nodes whose segments are dropped (a streaming node completed: its output holds them).
     pub dropped_segments: Vec<String>,
+    /// The canonical ranks ([`Graph::canonical_rank`]) of the nodes this batch's
+    /// `NodeCompleted` events complete, in the same order (the scheduler fills it). If it does
+    /// not match those events, the run's completed marks are dropped instead of set (see
+    /// [`crate::completed_marks`]).
+    pub completed_ranks: Vec<u32>,
+    /// The run's completed marks as of before this batch's events: a resume that read every
+    /// node row writes them back with its first batch, making them valid again.
+    pub marks_base: Option<crate::completed_marks::CompletedMarks>,
 }
 
 impl RunBatch {
@@ -210,16 +218,40 @@ impl RunBatch {
             && self.partial_files.is_empty()
             && self.partial_segments.is_empty()
             && self.dropped_segments.is_empty()
+            && self.marks_base.is_none()
     }
 
     /// Appends another batch of the same run.
     pub fn extend(&mut self, other: RunBatch) {
+        // Ranks stay aligned with the completions only if both sides were; otherwise none are
+        // kept, and the plan drops the run's marks rather than set wrong ones.
+        if self.ranks_aligned() && other.ranks_aligned() {
+            self.completed_ranks.extend(other.completed_ranks);
+        } else {
+            self.completed_ranks.clear();
+        }
+        // A base describes the run before every event of the batch that carries it.
+        if self.marks_base.is_none() && self.events.is_empty() {
+            self.marks_base = other.marks_base;
+        }
         self.events.extend(other.events);
         self.values.extend(other.values);
         self.partial_states.extend(other.partial_states);
         self.partial_files.extend(other.partial_files);
         self.partial_segments.extend(other.partial_segments);
         self.dropped_segments.extend(other.dropped_segments);
+    }
+}
+
+impl RunBatch {
+    /// True if `completed_ranks` has one rank per `NodeCompleted` event.
+    pub fn ranks_aligned(&self) -> bool {
+        let completions = self
+            .events
+            .iter()
+            .filter(|e| matches!(e, EventKind::NodeCompleted { .. }))
+            .count();
+        completions == self.completed_ranks.len()
     }
 }
 
@@ -500,6 +532,28 @@ pub trait Store: Send + Sync + 'static {
     /// `state.node_order` empty): what a resume needs, as it has the caller's graph.
     fn load_run_without_graph(&self, run_id: &str) -> Result<StoredRun> {
         self.load_run(run_id)
+    }
+    /// The run without its node rows, and its completed marks
+    /// ([`crate::completed_marks`]): what a resume needs to find the nodes still to run
+    /// without reading every node row. `None` where the store keeps no exact marks for the
+    /// run (a run from before schema version 8, one whose completed nodes were reset, a store
+    /// without marks such as PostgreSQL's); the caller then reads every row.
+    fn load_run_marked(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(StoredRun, crate::completed_marks::CompletedMarks)>> {
+        let _ = run_id;
+        Ok(None)
+    }
+    /// The stored states of `nodes` of the run (a node without a row is absent).
+    fn load_nodes(
+        &self,
+        run_id: &str,
+        nodes: &[&str],
+    ) -> Result<BTreeMap<String, crate::state::NodeState>> {
+        let mut all = self.load_run_without_graph(run_id)?.state.nodes;
+        all.retain(|id, _| nodes.contains(&id.as_str()));
+        Ok(all)
     }
     fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<StoredRun>>;
     fn load_value(&self, value: &ValueRef) -> Result<Vec<u8>>;

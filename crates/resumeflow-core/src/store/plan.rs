@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::completed_marks::CompletedMarks;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, ResetReason};
 use crate::lease::{owner_is_dead, LeaseRequest};
@@ -32,9 +33,23 @@ pub struct RunHead {
     pub lease_owner: Option<String>,
     pub lease_expires: f64,
     pub lease_token: i64,
+    /// The run's completed marks are kept and exact (see [`crate::completed_marks`]).
+    pub marks_valid: bool,
 }
 
-/// The checkpoint a batch makes.
+/// What a batch does to the run's completed marks (the store writes it after the node rows).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum MarksWrite {
+    /// Nothing: no node entered or left `completed`, or the run keeps no valid marks.
+    #[default]
+    Keep,
+    /// Set these ranks in the stored chunks.
+    Set(Vec<u32>),
+    /// Replace every stored chunk with these marks (a rebuild, plus this batch's completions).
+    Replace(CompletedMarks),
+    /// Delete the run's marks: they could no longer be kept exact.
+    Drop,
+}
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedCheckpoint {
     pub id: i64,
@@ -61,6 +76,8 @@ pub struct WritePlan {
     pub cleared_progress: Vec<String>,
     /// The lease was released: requests to its holder are settled (or moot).
     pub settle_controls: bool,
+    /// The completed marks' change; `head.marks_valid` is their validity after it.
+    pub marks: MarksWrite,
 }
 
 /// The first event of a new run.
@@ -108,7 +125,8 @@ pub fn nodes_named(events: &[EventKind]) -> BTreeSet<String> {
 /// use resumeflow_core::store::plan::{plan, RunHead};
 /// use resumeflow_core::{EventKind, RunProjection, ValueRef};
 /// let head = RunHead { run_id: "r".into(), projection: RunProjection::default(), last_seq: 1,
-///     last_checkpoint: 0, lease_owner: None, lease_expires: 0.0, lease_token: 1 };
+///     last_checkpoint: 0, lease_owner: None, lease_expires: 0.0, lease_token: 1,
+///     marks_valid: false };
 /// let done = EventKind::NodeCompleted { node: "a".into(), attempt: 1, value: ValueRef::of(b"1") };
 /// let p = plan(head, BTreeMap::new(), &[done], 5.0);
 /// assert_eq!(p.events.len(), 2); // the completion and its CheckpointCommitted
@@ -120,6 +138,41 @@ pub fn plan(
     events: &[EventKind],
     now: f64,
 ) -> WritePlan {
+    plan_marked(head, nodes, events, &[], None, now)
+}
+
+/// [`plan`] for a batch that also says the ranks of the nodes its `NodeCompleted` events
+/// complete (`ranks`, in order) and, after a resume that read every node row, the run's marks
+/// before its events (`base`): the plan then keeps the run's completed marks exact, or drops
+/// them. The rule: a node that enters `completed` by a `NodeCompleted` with its rank sets its
+/// mark; any other entry into `completed`, and any exit from it, drops the marks.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use resumeflow_core::store::plan::{plan_marked, MarksWrite, RunHead};
+/// use resumeflow_core::{EventKind, RunProjection, ValueRef};
+/// let head = RunHead { run_id: "r".into(), projection: RunProjection::default(), last_seq: 1,
+///     last_checkpoint: 0, lease_owner: None, lease_expires: 0.0, lease_token: 1, marks_valid: true };
+/// let done = EventKind::NodeCompleted { node: "a".into(), attempt: 1, value: ValueRef::of(b"1") };
+/// let p = plan_marked(head.clone(), BTreeMap::new(), &[done.clone()], &[3], None, 5.0);
+/// assert_eq!(p.marks, MarksWrite::Set(vec![3]));
+/// let p = plan_marked(head, BTreeMap::new(), &[done], &[], None, 5.0); // no rank given
+/// assert_eq!(p.marks, MarksWrite::Drop);
+/// assert!(!p.head.marks_valid);
+/// ```
+pub fn plan_marked(
+    head: RunHead,
+    nodes: BTreeMap<String, NodeState>,
+    events: &[EventKind],
+    ranks: &[u32],
+    base: Option<&CompletedMarks>,
+    now: f64,
+) -> WritePlan {
+    let completions = events
+        .iter()
+        .filter(|e| matches!(e, EventKind::NodeCompleted { .. }))
+        .count();
+    let valid_before = head.marks_valid || base.is_some();
     let mut planner = Planner {
         plan: WritePlan {
             head,
@@ -127,26 +180,52 @@ pub fn plan(
             checkpoint: None,
             cleared_progress: Vec::new(),
             settle_controls: false,
+            marks: MarksWrite::Keep,
         },
         stored: nodes,
         now,
         delta: Vec::new(),
+        ranks: (completions == ranks.len()).then(|| ranks.iter().copied()),
+        marked: Vec::new(),
+        marks_broken: false,
     };
     for kind in events {
         planner.append(kind.clone());
     }
     planner.checkpoint();
-    planner.plan
+    let (marked, broken) = (std::mem::take(&mut planner.marked), planner.marks_broken);
+    let mut plan = planner.plan;
+    plan.marks = match (valid_before, broken, base) {
+        (false, _, _) => MarksWrite::Keep,
+        (true, true, _) => MarksWrite::Drop,
+        (true, false, Some(base)) => {
+            let mut all = base.clone();
+            for rank in marked {
+                all.insert(rank);
+            }
+            MarksWrite::Replace(all)
+        }
+        (true, false, None) if marked.is_empty() => MarksWrite::Keep,
+        (true, false, None) => MarksWrite::Set(marked),
+    };
+    plan.head.marks_valid = valid_before && !broken;
+    plan
 }
 
-struct Planner {
+struct Planner<'a> {
     plan: WritePlan,
     stored: BTreeMap<String, NodeState>,
     now: f64,
     delta: Vec<DeltaEntry>,
+    /// The ranks of the `NodeCompleted` events still to come; `None` if they were not given.
+    ranks: Option<std::iter::Copied<std::slice::Iter<'a, u32>>>,
+    /// Ranks of the nodes this batch completed.
+    marked: Vec<u32>,
+    /// A node entered or left `completed` in a way the marks cannot follow.
+    marks_broken: bool,
 }
 
-impl Planner {
+impl Planner<'_> {
     fn append(&mut self, kind: EventKind) {
         let projection = &mut self.plan.head.projection;
         let mut was_completed = false;
@@ -194,7 +273,23 @@ impl Planner {
             kind,
         };
         self.plan.head.projection.apply(&event);
+        self.follow_marks(&event.kind, was_completed);
         self.plan.events.push(event);
+    }
+
+    /// Keeps the completed marks exact across `kind` (already applied), or breaks them.
+    fn follow_marks(&mut self, kind: &EventKind, was_completed: bool) {
+        let rank = match kind {
+            EventKind::NodeCompleted { .. } => self.ranks.as_mut().and_then(Iterator::next),
+            _ => None,
+        };
+        let Some(node) = kind.node() else { return };
+        let completed = self.plan.head.projection.nodes[node].status == NodeStatus::Completed;
+        match (was_completed, completed, rank) {
+            (false, true, Some(rank)) => self.marked.push(rank),
+            (false, true, None) | (true, false, _) => self.marks_broken = true,
+            _ => {}
+        }
     }
 
     /// The checkpoint of this batch, if it completed or modified anything.
@@ -300,6 +395,7 @@ mod tests {
             lease_owner: Some("h:1:a".into()),
             lease_expires: 100.0,
             lease_token: 7,
+            marks_valid: false,
         }
     }
 
@@ -442,5 +538,89 @@ mod tests {
         assert_eq!(take_lease(&mut h, &request, 100.5).unwrap(), 8);
         assert_eq!(h.lease_owner.as_deref(), Some("other-host:2:b"));
         assert!((h.lease_expires - 130.5).abs() < 1e-9);
+    }
+
+    fn completion(node: &str) -> EventKind {
+        EventKind::NodeCompleted {
+            node: node.into(),
+            attempt: 1,
+            value: ValueRef::of(node.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn completions_with_their_ranks_set_marks_while_they_are_valid() {
+        let valid = RunHead {
+            marks_valid: true,
+            ..head()
+        };
+        let events = [completion("a"), completion("b")];
+        let p = plan_marked(valid.clone(), BTreeMap::new(), &events, &[4, 9], None, 1.0);
+        assert_eq!(p.marks, MarksWrite::Set(vec![4, 9]));
+        assert!(p.head.marks_valid);
+        // Not valid (an old run, or dropped): nothing is written, and they stay invalid.
+        let p = plan_marked(head(), BTreeMap::new(), &events, &[4, 9], None, 1.0);
+        assert_eq!(p.marks, MarksWrite::Keep);
+        assert!(!p.head.marks_valid);
+        // One rank for two completions: they cannot be matched, so the marks go.
+        let p = plan_marked(valid, BTreeMap::new(), &events, &[4], None, 1.0);
+        assert_eq!(p.marks, MarksWrite::Drop);
+        assert!(!p.head.marks_valid);
+    }
+
+    #[test]
+    fn leaving_completed_or_entering_it_without_a_rank_drops_the_marks() {
+        let valid = RunHead {
+            marks_valid: true,
+            ..head()
+        };
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            "a".to_string(),
+            NodeState {
+                status: NodeStatus::Completed,
+                attempt: 1,
+                output: Some(ValueRef::of(b"a")),
+                ..NodeState::default()
+            },
+        );
+        let reset = EventKind::NodeReset {
+            node: "a".into(),
+            reason: ResetReason::Rerun,
+        };
+        let p = plan_marked(valid.clone(), nodes.clone(), &[reset], &[], None, 1.0);
+        assert_eq!(p.marks, MarksWrite::Drop);
+        let update = EventKind::StateUpdated {
+            node: "b".into(),
+            value: ValueRef::of(b"b"),
+        };
+        let p = plan_marked(valid.clone(), nodes.clone(), &[update], &[], None, 1.0);
+        assert_eq!(p.marks, MarksWrite::Drop);
+        // A crashed attempt reset for the resume never was completed: the marks stay.
+        let running = EventKind::NodeReset {
+            node: "c".into(),
+            reason: ResetReason::Resume,
+        };
+        let p = plan_marked(valid, nodes, &[running], &[], None, 1.0);
+        assert_eq!(p.marks, MarksWrite::Keep);
+        assert!(p.head.marks_valid);
+    }
+
+    #[test]
+    fn a_base_makes_the_marks_valid_again_with_the_batch_completions_on_top() {
+        let mut base = CompletedMarks::default();
+        base.insert(1);
+        let p = plan_marked(
+            head(),
+            BTreeMap::new(),
+            &[completion("z")],
+            &[30],
+            Some(&base),
+            1.0,
+        );
+        let mut want = base.clone();
+        want.insert(30);
+        assert_eq!(p.marks, MarksWrite::Replace(want));
+        assert!(p.head.marks_valid);
     }
 }

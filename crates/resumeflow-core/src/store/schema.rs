@@ -20,6 +20,9 @@
 //! - `control_requests` (version 5): the interrupt or cancel asked of a run's executing
 //!   worker, read at its lease renewals; removed when the lease is released.
 //! - `compaction_refs`: values referenced by a run's `Compacted` event (kept by blob GC).
+//! - `run_marks` (version 8): a run's completed marks, one bit per node by canonical rank in
+//!   chunks of 4,096 (see [`crate::completed_marks`]), exact while `runs.marks_valid` is 1;
+//!   runs from before version 8 start without them.
 //! - `thread_checkpoints`, `thread_channel_values`, `thread_writes`, `thread_values`
 //!   (version 2): checkpoints of external graph frameworks (the LangGraph saver), see
 //!   [`crate::threads`]: channel values are stored once per `(thread, namespace, channel,
@@ -32,7 +35,7 @@ use rusqlite::Connection;
 /// 'RFLW'
 pub const APPLICATION_ID: i64 = 0x5246_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Migrations by target version; index 0 creates version 1, index 1 adds the thread
 /// checkpoint tables of version 2 (see [`crate::threads`]), index 2 (version 3) moves a run's
@@ -47,7 +50,11 @@ pub const SCHEMA_VERSION: i64 = 7;
 /// makes `thread_values` a rowid table (its rows can be megabytes: in a `WITHOUT ROWID` table
 /// they sit in the key's b-tree, and every insert and search among them paid for it — small
 /// threads slowed 8× once a few threads held 10 MB values) and gives `thread_checkpoints` a
-/// `metadata_json` column (the metadata's JSON form, which metadata filters query in SQL).
+/// `metadata_json` column (the metadata's JSON form, which metadata filters query in SQL);
+/// index 6 (version 7) moves large partial states to blob files (`file_hash`, `file_size`,
+/// `stale_files`); index 7 (version 8) adds the completed marks (`run_marks`,
+/// `runs.marks_valid`): a resume reads them instead of every node row, and puts the graph
+/// last in `run_specs` (reading the inputs after a 10 MB graph walked its overflow pages).
 const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE runs (
@@ -218,6 +225,24 @@ ALTER TABLE thread_checkpoints ADD COLUMN metadata_json TEXT;
 ALTER TABLE partial_states ADD COLUMN file_hash BLOB;
 ALTER TABLE partial_states ADD COLUMN file_size INTEGER;
 CREATE TABLE stale_files (hash BLOB PRIMARY KEY, marked_at REAL NOT NULL) WITHOUT ROWID;
+",
+    r"
+CREATE TABLE run_specs_v8 (
+    run_id TEXT PRIMARY KEY,
+    labels BLOB NOT NULL,
+    inputs BLOB NOT NULL,
+    graph  BLOB NOT NULL
+);
+INSERT INTO run_specs_v8 (run_id, labels, inputs, graph) SELECT run_id, labels, inputs, graph FROM run_specs;
+DROP TABLE run_specs;
+ALTER TABLE run_specs_v8 RENAME TO run_specs;
+ALTER TABLE runs ADD COLUMN marks_valid INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE run_marks (
+    run_id TEXT NOT NULL,
+    chunk  INTEGER NOT NULL,
+    bits   BLOB NOT NULL,
+    PRIMARY KEY (run_id, chunk)
+) WITHOUT ROWID;
 ",
 ];
 

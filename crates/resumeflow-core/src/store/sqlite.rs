@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use crate::completed_marks::CompletedMarks;
 use crate::error::{Error, Result, StoreError};
 use crate::event::{Event, EventKind};
 use crate::graph::Graph;
 use crate::lease::{Lease, LeaseRequest};
-use crate::state::{Checkpoint, RunState, RunStatus, ValueRef};
+use crate::state::{Checkpoint, NodeState, RunState, RunStatus, ValueRef};
 
 use super::apply::{self, corrupt, sql, NODE_COLUMNS};
 use super::blob_files::{self, BlobFiles};
@@ -502,11 +503,25 @@ impl SqliteStore {
     /// The run's row and node states; the stored graph is decoded only `with_graph` (it is
     /// the costliest part for a large graph, and a resume has the caller's graph).
     fn stored_run(&self, conn: &Connection, run_id: &str, with_graph: bool) -> Result<StoredRun> {
+        self.stored_run_with(conn, run_id, with_graph, true)
+            .map(|(run, _)| run)
+    }
+
+    /// [`Self::stored_run`], with the node rows only `with_nodes`; also says whether the run's
+    /// completed marks are valid.
+    fn stored_run_with(
+        &self,
+        conn: &Connection,
+        run_id: &str,
+        with_graph: bool,
+        with_nodes: bool,
+    ) -> Result<(StoredRun, bool)> {
         let map = sql(&self.path);
         let row = conn
             .prepare_cached(
                 "SELECT r.workflow, r.graph_hash, CASE WHEN ?2 THEN s.graph ELSE x'' END, s.inputs, s.labels, r.status, r.error, r.created_at,
-                        r.updated_at, r.head_checkpoint, r.lease_owner, r.lease_expires, r.lease_token, r.last_seq
+                        r.updated_at, r.head_checkpoint, r.lease_owner, r.lease_expires, r.lease_token, r.last_seq,
+                        r.marks_valid
                    FROM runs r JOIN run_specs s ON s.run_id = r.run_id WHERE r.run_id = ?1",
             )
             .and_then(|mut st| {
@@ -532,6 +547,7 @@ impl SqliteStore {
                             r.get::<_, i64>(12)?,
                             r.get::<_, i64>(13)?,
                         ),
+                        r.get::<_, bool>(14)?,
                     ))
                 })
                 .optional()
@@ -541,6 +557,7 @@ impl SqliteStore {
             (workflow, graph_hash, graph, inputs, labels),
             (status, error, created_at, updated_at, head),
             lease,
+            marks_valid,
         )) = row
         else {
             return Err(Error::RunNotFound {
@@ -563,16 +580,19 @@ impl SqliteStore {
         let labels: BTreeMap<String, String> =
             rmp_serde::from_slice(&labels).map_err(|e| bad("labels", &e))?;
         let status = RunStatus::parse(&status).ok_or_else(|| bad("status", &status))?;
-        let mut st = conn
-            .prepare_cached(&format!(
-                "SELECT {NODE_COLUMNS} FROM node_states WHERE run_id = ?1"
-            ))
-            .map_err(&map)?;
-        let nodes = st
-            .query_map([run_id], |r| apply::node_from_row(r, 0))
-            .and_then(Iterator::collect::<rusqlite::Result<BTreeMap<_, _>>>)
-            .map_err(&map)?;
-        Ok(StoredRun {
+        let nodes = if with_nodes {
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "SELECT {NODE_COLUMNS} FROM node_states WHERE run_id = ?1"
+                ))
+                .map_err(&map)?;
+            st.query_map([run_id], |r| apply::node_from_row(r, 0))
+                .and_then(Iterator::collect::<rusqlite::Result<BTreeMap<_, _>>>)
+                .map_err(&map)?
+        } else {
+            BTreeMap::new()
+        };
+        let run = StoredRun {
             state: RunState {
                 run_id: run_id.to_string(),
                 workflow,
@@ -594,7 +614,8 @@ impl SqliteStore {
             lease_expires: lease.1,
             lease_token: lease.2,
             last_seq: lease.3,
-        })
+        };
+        Ok((run, marks_valid))
     }
 
     fn require_run(&self, conn: &Connection, run_id: &str) -> Result<()> {
@@ -882,6 +903,41 @@ impl Store for SqliteStore {
         let run = self.read(|conn| self.stored_run(conn, run_id, false));
         self.load_latency.record(started.elapsed());
         run
+    }
+
+    fn load_run_marked(&self, run_id: &str) -> Result<Option<(StoredRun, CompletedMarks)>> {
+        self.read(|conn| {
+            // The run's row first: a commit after it changes `last_seq`, which the resume's
+            // lease commit checks, so marks read after it cannot be older than the row.
+            let (run, valid) = self.stored_run_with(conn, run_id, false, false)?;
+            if !valid {
+                return Ok(None);
+            }
+            let chunks = conn
+                .prepare_cached("SELECT chunk, bits FROM run_marks WHERE run_id = ?1")
+                .and_then(|mut st| {
+                    st.query_map([run_id], |r| {
+                        Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                })
+                .map_err(sql(&self.path))?;
+            let marks = CompletedMarks::from_chunks(chunks)
+                .map_err(|e| corrupt(&self.path, "run_marks", format!("run {run_id:?}: {e}")))?;
+            Ok(Some((run, marks)))
+        })
+    }
+
+    fn load_nodes(&self, run_id: &str, nodes: &[&str]) -> Result<BTreeMap<String, NodeState>> {
+        self.read(|conn| {
+            let mut out = BTreeMap::new();
+            for &node in nodes {
+                if let Some(state) = apply::load_node(conn, &self.path, run_id, node)? {
+                    out.insert(node.to_string(), state);
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn latency(&self) -> Option<super::latency::StoreLatency> {

@@ -57,6 +57,8 @@ pub fn load_head(c: &mut PgConn, run_id: &str) -> Result<RunHead> {
         lease_owner: r.get(6),
         lease_expires: r.get(7),
         lease_token: r.get(8),
+        // This store keeps no completed marks: a resume reads every node row.
+        marks_valid: false,
     })
 }
 
