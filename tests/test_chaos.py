@@ -32,6 +32,22 @@ def check_campaign(report: driver.Report) -> None:
     assert report.runs_completed >= report.batches, "every batch left completed runs"
 
 
+def test_a_ledger_record_torn_by_a_kill_is_skipped_and_the_next_stays_whole(tmp_path, monkeypatch):
+    """A child SIGKILLed inside ``os.write`` once left ``b24`` of a record at the ledger's end;
+    the next child's record ran into it (``b24b24-0|c1|2``), a run id no store holds."""
+    import chaos_workflows
+
+    ledger = tmp_path / "ledger.txt"
+    ledger.write_text("\nb24-4|tokens|1\n\nb24")
+    monkeypatch.setenv("RF_LEDGER", str(ledger))
+
+    class Ctx:
+        run_id, node_id, attempt = "b24-0", "c1", 2
+
+    chaos_workflows.record(Ctx())
+    assert driver._ledger(ledger) == [("b24-4", "tokens", 1), ("b24-0", "c1", 2)]
+
+
 def test_kill_9_campaign_ci_mode():
     check_campaign(driver.campaign(200, seed=20261122, log=print))
 

@@ -2,7 +2,9 @@
 nodes, streaming nodes, and large values stored as blob files (engines here use
 ``BLOB_FILE_THRESHOLD``). Results are deterministic whatever happens to the process, and
 every node execution is appended (fsynced) to the side-effect ledger named by RF_LEDGER as
-``run_id|node|attempt``."""
+``run_id|node|attempt``, one per line. Each record starts with a newline of its own: a
+child killed inside ``os.write`` can leave part of a record (seen once in 200 kills), and
+the next record must not run into it; readers skip such fragments (``driver._ledger``)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ BLOB_FILE_THRESHOLD = 1 << 20
 def record(ctx: rf.NodeContext) -> None:
     fd = os.open(os.environ["RF_LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, f"{ctx.run_id}|{ctx.node_id}|{ctx.attempt}\n".encode())
+        os.write(fd, f"\n{ctx.run_id}|{ctx.node_id}|{ctx.attempt}\n".encode())
         os.fsync(fd)
     finally:
         os.close(fd)

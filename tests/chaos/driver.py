@@ -62,10 +62,13 @@ def _env(ledger: Path) -> dict[str, str]:
 
 
 def _ledger(path: Path) -> list[tuple[str, str, int]]:
+    """The ledger's records; blank lines and the fragment a kill inside ``os.write`` may
+    leave (a node killed while recording its start, before it could complete) are skipped."""
     out = []
     for line in path.read_text().splitlines():
-        run, node, attempt = line.split("|")
-        out.append((run, node, int(attempt)))
+        fields = line.split("|")
+        if len(fields) == 3 and fields[0] and fields[1] and fields[2].isdigit():
+            out.append((fields[0], fields[1], int(fields[2])))
     return out
 
 
@@ -133,7 +136,7 @@ def campaign(kills_target: int, *, seed: int = 0, db: str | None = None, runs_pe
         status = engine.check_integrity()
         if status != "ok":
             report.violations.append(f"integrity_check: {status}")
-        seen = len(ledger.read_text().splitlines())
+        seen = len(_ledger(ledger))
         all_done = True
         for state in batch_states(engine, prefix):
             for node, ns in state.nodes.items():

@@ -103,7 +103,7 @@ def queue_campaign(kills_target: int, *, workers: int = 3, seed: int = 0, runs_p
                     # ledger, so an entry past `seen` was written after the node was seen
                     # completed (a real re-execution), never before its completing commit.
                     states = [engine.get_current_state(r) for r in ids]
-                    seen = len(ledger.read_text().splitlines())
+                    seen = len(_ledger(ledger))
                     for state in states:
                         for node, ns in state.nodes.items():
                             key = (state.run_id, node)
