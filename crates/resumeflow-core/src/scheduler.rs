@@ -692,7 +692,7 @@ impl Scheduler {
             let claimed = if interrupted {
                 Vec::new()
             } else {
-                if self.lazy {
+                if self.lazy && self.ready.iter().any(|&i| self.unread[i]) {
                     let ready: Vec<usize> = self.ready.iter().copied().collect();
                     self.read_states(&ready)?;
                 }

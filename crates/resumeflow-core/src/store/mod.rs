@@ -191,9 +191,9 @@ pub struct RunBatch {
     /// Nodes whose segments are dropped (a streaming node completed: its output holds them).
     pub dropped_segments: Vec<String>,
     /// The canonical ranks ([`Graph::canonical_rank`]) of the nodes this batch's
-    /// `NodeCompleted` events complete, in the same order (the scheduler fills it). If it does
-    /// not match those events, the run's completed marks are dropped instead of set (see
-    /// [`crate::completed_marks`]).
+    /// `NodeCompleted` events complete, in the same order (the scheduler fills it, never a
+    /// rank without its completion). If their number differs from the completions', the
+    /// run's completed marks are dropped instead of set (see [`crate::completed_marks`]).
     pub completed_ranks: Vec<u32>,
     /// The run's completed marks as of before this batch's events: a resume that read every
     /// node row writes them back with its first batch, making them valid again.
@@ -223,13 +223,10 @@ impl RunBatch {
 
     /// Appends another batch of the same run.
     pub fn extend(&mut self, other: RunBatch) {
-        // Ranks stay aligned with the completions only if both sides were; otherwise none are
-        // kept, and the plan drops the run's marks rather than set wrong ones.
-        if self.ranks_aligned() && other.ranks_aligned() {
-            self.completed_ranks.extend(other.completed_ranks);
-        } else {
-            self.completed_ranks.clear();
-        }
+        // Ranks are only ever pushed with their completion, so a completion without its rank
+        // anywhere leaves fewer ranks than completions in the whole, and the plan drops the
+        // marks (no recount here: `off` durability extends one batch per step of the run).
+        self.completed_ranks.extend(other.completed_ranks);
         // A base describes the run before every event of the batch that carries it.
         if self.marks_base.is_none() && self.events.is_empty() {
             self.marks_base = other.marks_base;
@@ -240,18 +237,6 @@ impl RunBatch {
         self.partial_files.extend(other.partial_files);
         self.partial_segments.extend(other.partial_segments);
         self.dropped_segments.extend(other.dropped_segments);
-    }
-}
-
-impl RunBatch {
-    /// True if `completed_ranks` has one rank per `NodeCompleted` event.
-    pub fn ranks_aligned(&self) -> bool {
-        let completions = self
-            .events
-            .iter()
-            .filter(|e| matches!(e, EventKind::NodeCompleted { .. }))
-            .count();
-        completions == self.completed_ranks.len()
     }
 }
 
