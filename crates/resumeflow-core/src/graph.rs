@@ -103,6 +103,23 @@ impl NodeSpec {
             _ => None,
         })
     }
+
+    /// Names of the run inputs this node requires, in binding order.
+    ///
+    /// ```
+    /// use resumeflow_core::NodeSpec;
+    /// let n = NodeSpec::new("a").run_input("seed", true).run_input("extra", false);
+    /// assert_eq!(n.required_inputs().collect::<Vec<_>>(), vec!["seed"]);
+    /// ```
+    pub fn required_inputs(&self) -> impl Iterator<Item = &str> {
+        self.inputs.iter().filter_map(|b| match &b.source {
+            InputSource::RunInput {
+                name,
+                required: true,
+            } => Some(name.as_str()),
+            _ => None,
+        })
+    }
 }
 
 /// A validated DAG. Build with [`Graph::new`].
@@ -381,15 +398,7 @@ impl Graph {
             let mut inputs = BTreeSet::new();
             let mut resources: BTreeMap<String, u32> = BTreeMap::new();
             for node in &self.nodes {
-                for b in &node.inputs {
-                    if let InputSource::RunInput {
-                        name,
-                        required: true,
-                    } = &b.source
-                    {
-                        inputs.insert(name.clone());
-                    }
-                }
+                inputs.extend(node.required_inputs().map(str::to_string));
                 for (resource, &needed) in &node.resources {
                     let max = resources.entry(resource.clone()).or_default();
                     *max = (*max).max(needed);
@@ -443,20 +452,12 @@ impl Graph {
             return Ok(());
         }
         for node in &self.nodes {
-            for b in &node.inputs {
-                if let InputSource::RunInput {
-                    name,
-                    required: true,
-                } = &b.source
-                {
-                    if !has_input(name) {
-                        return Err(GraphError::MissingInput {
-                            workflow: self.name.clone(),
-                            node: node.id.clone(),
-                            input: name.clone(),
-                        });
-                    }
-                }
+            if let Some(name) = node.required_inputs().find(|name| !has_input(name)) {
+                return Err(GraphError::MissingInput {
+                    workflow: self.name.clone(),
+                    node: node.id.clone(),
+                    input: name.to_string(),
+                });
             }
             for (resource, &needed) in &node.resources {
                 if let Some(available) = capacity(resource) {
